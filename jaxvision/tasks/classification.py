@@ -1,0 +1,205 @@
+"""Image classification: config, pure step functions, and the run driver."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxvision import config as config_lib
+from jaxvision.losses.classification import softmax_cross_entropy, topk_correct
+from jaxvision.train import loop, optim
+from jaxvision.train import state as state_lib
+from jaxvision.train.grad import accumulated_value_and_grad
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    variant: str = "Ti/16"
+    # Overrides of the variant's numbers (None: take the variant's).
+    width: int | None = None
+    depth: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+    pool: str = "cls"
+    representation_size: int | None = None
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth: float = 0.0
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    attention_implementation: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    train_split: str = "train"
+    eval_split: str = "test"
+    data_dir: str | None = None  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    augment: str = "none"
+    image_size: int | None = None  # None: the dataset's own size
+    in_memory: bool | None = None  # None: automatic by dataset size
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    momentum: float = 0.9
+    grad_clip_norm: float | None = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    seed: int = 0
+    global_batch_size: int = 128
+    total_steps: int = 1000
+    micro_batches: int = 1  # gradient accumulation: the global batch in this many pieces
+    log_every: int = 50
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    fsdp: bool = False
+    progress: bool = True
+
+
+def build_model(cfg: ModelConfig, num_classes: int):
+    from jaxvision.models import ViT
+
+    if cfg.dtype not in DTYPES:
+        raise config_lib.ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}.")
+    return ViT(
+        num_classes=num_classes,
+        variant=cfg.variant,
+        width=cfg.width,
+        depth=cfg.depth,
+        mlp_dim=cfg.mlp_dim,
+        num_heads=cfg.num_heads,
+        pool=cfg.pool,
+        representation_size=cfg.representation_size,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        stochastic_depth=cfg.stochastic_depth,
+        dtype=DTYPES[cfg.dtype],
+        attention_implementation=cfg.attention_implementation,
+    )
+
+
+def build_optimizer(cfg: OptimConfig, total_steps: int, frozen_mask=None):
+    lr = optim.schedule(cfg.learning_rate, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio)
+    tx = optim.make_optimizer(
+        cfg.name, lr, weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2, momentum=cfg.momentum,
+        grad_clip_norm=cfg.grad_clip_norm, frozen_mask=frozen_mask,
+    )
+    return tx, lr
+
+
+def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: float = 0.0,
+              micro_batches: int = 1, init_params=None) -> loop.Task:
+    """Pure init / train / eval functions for `model` (returns (logits, intermediates)).
+
+    `init_params(rng, params) -> params` lets fine-tuning replace freshly initialised
+    weights with pretrained ones inside `init`, so resume and sharding stay the loop's job.
+    """
+
+    def init(rng):
+        params_rng, state_rng = jax.random.split(rng)
+        params = model.init(params_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
+        if init_params is not None:
+            params = init_params(params_rng, params)
+        return state_lib.create(params, tx, state_rng)
+
+    def train_step(state, batch):
+        rng = state.step_rng()
+
+        def loss_fn(params, micro):
+            logits, _ = model.apply({"params": params}, micro["image"], train=True, rngs={"dropout": rng})
+            loss = softmax_cross_entropy(logits, micro["label"], label_smoothing=label_smoothing).mean()
+            accuracy = topk_correct(logits, micro["label"], 1).mean()
+            return loss, {"accuracy": accuracy}
+
+        (loss, aux), grads = accumulated_value_and_grad(loss_fn, state.params, batch, micro_batches)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.global_norm(grads)}
+        if learning_rate is not None:
+            metrics["learning_rate"] = learning_rate(state.step) if callable(learning_rate) else learning_rate
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def eval_step(state, batch):
+        logits, _ = model.apply({"params": state.params}, batch["image"], train=False)
+        mask = batch.get("mask", jnp.ones(batch["label"].shape, bool)).astype(jnp.float32)
+        loss = softmax_cross_entropy(logits, batch["label"])
+        return {
+            "loss": jnp.sum(loss * mask),
+            "accuracy": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
+            "top5_accuracy": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return loop.Task(init=init, train_step=train_step, eval_step=eval_step)
+
+
+def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=None) -> dict:
+    """Train and evaluate a ViT classifier as `cfg` says; write everything to `workdir`."""
+    from jaxvision import data  # TensorFlow only here: steps and models stay TF-free
+
+    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir)
+    for split in (cfg.data.train_split, cfg.data.eval_split):
+        data.pipeline._check_split(data.ensure_prepared(cfg.data.dataset, cfg.data.data_dir), split)
+    size = cfg.data.image_size
+    image_shape = (size, size, info.image_shape[2]) if size else info.image_shape
+    if None in image_shape:
+        raise config_lib.ConfigError(
+            f"Dataset {cfg.data.dataset!r} has images of varying size: set data.image_size (e.g. 224)."
+        )
+    model = build_model(cfg.model, info.num_classes)
+    tx, lr = build_optimizer(cfg.optim, cfg.total_steps, frozen_mask)
+    task = make_task(model, tx, image_shape=image_shape, learning_rate=lr,
+                     label_smoothing=cfg.optim.label_smoothing, micro_batches=cfg.micro_batches,
+                     init_params=init_params)
+
+    def train_data(start_step):
+        return data.train_iterator(
+            cfg.data.dataset, cfg.data.train_split, global_batch_size=cfg.global_batch_size, seed=cfg.seed,
+            start_step=start_step, data_dir=cfg.data.data_dir, augment=cfg.data.augment,
+            image_size=cfg.data.image_size, in_memory=cfg.data.in_memory,
+        )
+
+    def eval_data():
+        return data.eval_batches(
+            cfg.data.dataset, cfg.data.eval_split, global_batch_size=cfg.global_batch_size,
+            data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
+        )
+
+    return loop.train(
+        task,
+        workdir=workdir,
+        train_data=train_data,
+        eval_data=eval_data,
+        eval_prefix=cfg.data.eval_split.split("[")[0],
+        total_steps=cfg.total_steps,
+        global_batch_size=cfg.global_batch_size,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints,
+        fsdp=cfg.fsdp,
+        config=config_lib.to_dict(cfg),
+        progress=cfg.progress,
+    )
