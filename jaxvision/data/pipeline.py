@@ -104,10 +104,21 @@ def _to_model_range(image, value_range):
     return tf.cast(image, tf.float32) * ((hi - lo) / 255.0) + lo
 
 
+_IN_MEMORY_CACHE: dict = {}
+
+
 def _load_in_memory(builder, split):
-    ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
-    arrays = tfds.as_numpy(ds)
-    return np.asarray(arrays["image"]), np.asarray(arrays["label"]).astype(np.int32)
+    """The whole split as NumPy arrays, cached per process (a resumed iterator or a
+    second pipeline over the same split does not read it again)."""
+    key = (str(builder.data_dir), split)
+    if key not in _IN_MEMORY_CACHE:
+        if len(_IN_MEMORY_CACHE) >= 4:
+            _IN_MEMORY_CACHE.pop(next(iter(_IN_MEMORY_CACHE)))
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+        images, labels = np.asarray(arrays["image"]), np.asarray(arrays["label"]).astype(np.int32)
+        images.flags.writeable = labels.flags.writeable = False
+        _IN_MEMORY_CACHE[key] = images, labels
+    return _IN_MEMORY_CACHE[key]
 
 
 @dataclasses.dataclass

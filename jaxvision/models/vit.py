@@ -1,0 +1,429 @@
+"""Vision Transformer (Dosovitskiy et al. 2020) in flax.linen.
+
+Parameter names mirror the official google-research/vision_transformer checkpoints, so an
+official ``.npz`` maps onto ``params`` 1:1 (flat keys joined with ``/``)::
+
+    embedding/{kernel (ph, pw, C, D) HWIO, bias}
+    cls (1, 1, D)                                       only with pool="cls"
+    Transformer/posembed_input/pos_embedding (1, N(+1), D)
+    Transformer/encoderblock_{i}/LayerNorm_0
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{query,key,value}
+        kernel (D, heads, head_dim), bias (heads, head_dim)
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/out
+        kernel (heads, head_dim, D), bias (D,)
+    Transformer/encoderblock_{i}/LayerNorm_2
+    Transformer/encoderblock_{i}/MlpBlock_3/{Dense_0, Dense_1}
+    Transformer/encoder_norm
+    pre_logits                                          only with representation_size
+    head                                                only with num_classes > 0
+
+Inputs are NHWC float images scaled to [-1, 1] (the official and big_vision convention;
+pretrained checkpoints expect it). Any channel count works (1 for Fashion-MNIST).
+
+This module knows nothing of data, training or checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision.attention import dot_product_attention
+
+__all__ = ["VARIANTS", "ViT", "parse_variant"]
+
+# (width, depth, mlp_dim, num_heads) of the standard sizes (ViT paper, DeiT for Ti).
+VARIANTS: dict[str, dict[str, int]] = {
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
+}
+
+_VARIANT_RE = re.compile(r"^(?P<name>[A-Za-z]+)/(?P<ph>\d+)(?:x(?P<pw>\d+))?$")
+
+
+def parse_variant(variant: str) -> dict[str, Any]:
+    """``"B/16"`` -> ``dict(width, depth, mlp_dim, num_heads, patch_size=(16, 16))``.
+
+    Any patch size is accepted ("Ti/4", "S/7"); "B/16x8" gives non-square 16x8 patches
+    (height x width).
+    """
+    match = _VARIANT_RE.match(variant.strip()) if isinstance(variant, str) else None
+    if match is None or match["name"] not in VARIANTS:
+        raise ValueError(
+            f"unknown ViT variant {variant!r}: expected '<name>/<patch>' or "
+            f"'<name>/<patch_h>x<patch_w>' with name one of {list(VARIANTS)}, "
+            "e.g. 'B/16', 'Ti/4', 'B/16x8'"
+        )
+    ph = int(match["ph"])
+    pw = int(match["pw"]) if match["pw"] is not None else ph
+    if ph < 1 or pw < 1:
+        raise ValueError(f"patch size must be positive in variant {variant!r}")
+    return dict(VARIANTS[match["name"]], patch_size=(ph, pw))
+
+
+def _as_patch(patch_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(patch_size, (int, np.integer)):
+        return int(patch_size), int(patch_size)
+    ph, pw = patch_size
+    return int(ph), int(pw)
+
+
+def _compatible_sizes(size: int, patch: int) -> str:
+    """Nearest image sizes divisible by `patch`, for error messages."""
+    lower, upper = (size // patch) * patch, (size // patch + 1) * patch
+    options = [s for s in (lower, upper) if s > 0]
+    return " or ".join(str(s) for s in options)
+
+
+def _drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+    """Stochastic depth: drop a residual branch for whole examples (scaled by 1/keep)."""
+    if not train or rate == 0.0:
+        return x
+    keep_prob = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(module.make_rng("dropout"), keep_prob, shape)
+    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros_like(x))
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Self-attention with the official parameter layout; the core is `dot_product_attention`.
+
+    Attention dropout needs the attention weights, so it runs only on the XLA path: with
+    ``train=True`` and ``dropout_rate > 0`` an automatic implementation selects XLA, and an
+    explicit ``implementation="cudnn"`` raises.
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+    implementation: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, return_weights: bool = False):
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        dense = lambda name, **kw: nn.DenseGeneral(  # noqa: E731
+            name=name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            **kw,
+        )
+        q = dense("query", features=(self.num_heads, head_dim))(x)
+        k = dense("key", features=(self.num_heads, head_dim))(x)
+        v = dense("value", features=(self.num_heads, head_dim))(x)
+
+        use_dropout = train and self.dropout_rate > 0.0
+        # Weights only exist on the XLA path; asking for them overrides a cudnn choice.
+        implementation = "xla" if return_weights else self.implementation
+        result = dot_product_attention(
+            q,
+            k,
+            v,
+            implementation=implementation,
+            return_weights=return_weights,
+            dropout_rate=self.dropout_rate if use_dropout else 0.0,
+            dropout_rng=self.make_rng("dropout") if use_dropout else None,
+        )
+        out, weights = result if return_weights else (result, None)
+        out = dense("out", features=width, axis=(-2, -1))(out)
+        return out, weights
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU -> Dropout -> Dense -> Dropout (official initialisers)."""
+
+    mlp_dim: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        dense = lambda features, name: nn.Dense(  # noqa: E731
+            features,
+            name=name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+        )
+        y = dense(self.mlp_dim, "Dense_0")(x)
+        # tanh-approximate GELU (flax's default), as the official checkpoints were trained.
+        y = nn.gelu(y, approximate=True)
+        y = nn.Dropout(self.dropout)(y, deterministic=not train)
+        y = dense(x.shape[-1], "Dense_1")(y)
+        return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    mlp_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
+    attention_implementation: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False):
+        norm = lambda name: nn.LayerNorm(  # noqa: E731
+            name=name, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        y = norm("LayerNorm_0")(x)
+        y, weights = MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dropout_rate=self.attention_dropout,
+            implementation=self.attention_implementation,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="MultiHeadDotProductAttention_1",
+        )(y, train=train, return_weights=return_attention_weights)
+        y = nn.Dropout(self.dropout)(y, deterministic=not train)
+        x = x + _drop_path(self, y, self.drop_path, train)
+
+        y = norm("LayerNorm_2")(x)
+        y = MlpBlock(
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="MlpBlock_3",
+        )(y, train=train)
+        return x + _drop_path(self, y, self.drop_path, train), weights
+
+
+class AddPositionEmbs(nn.Module):
+    """Learned position embeddings, (1, tokens, width), init normal(0.02)."""
+
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (1, x.shape[1], x.shape[2])
+        # A model initialised at one resolution and applied at another would otherwise fail
+        # deep inside Flax with a param-shape error; say what happened and what to do.
+        if self.has_variable("params", "pos_embedding"):
+            stored = self.get_variable("params", "pos_embedding").shape
+            if tuple(stored) != shape:
+                raise ValueError(
+                    f"pos_embedding has shape {tuple(stored)} but these images give "
+                    f"{shape[1]} tokens of width {shape[2]} (expected {shape}); the model was "
+                    "initialised for another image/patch size: resample the position "
+                    "embeddings to the new grid (bilinear, CLS entry kept aside) or use the "
+                    "original image size"
+                )
+        pos = self.param(
+            "pos_embedding", nn.initializers.normal(stddev=0.02), shape, self.param_dtype
+        )
+        return x + pos.astype(x.dtype)
+
+
+class Transformer(nn.Module):
+    """Position embedding, dropout, `depth` encoder blocks, final LayerNorm."""
+
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth: float = 0.0
+    attention_implementation: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False):
+        intermediates: dict[str, jax.Array] = {}
+        x = AddPositionEmbs(param_dtype=self.param_dtype, name="posembed_input")(x)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        for i in range(self.depth):
+            # Drop-path rate grows linearly from 0 (first block) to stochastic_depth (last).
+            rate = self.stochastic_depth * i / max(self.depth - 1, 1)
+            x, weights = Encoder1DBlock(
+                mlp_dim=self.mlp_dim,
+                num_heads=self.num_heads,
+                dropout=self.dropout,
+                attention_dropout=self.attention_dropout,
+                drop_path=rate,
+                attention_implementation=self.attention_implementation,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"encoderblock_{i}",
+            )(x, train=train, return_attention_weights=return_attention_weights)
+            intermediates[f"encoder_block_{i}"] = x
+            if return_attention_weights:
+                intermediates[f"attention_weights_{i}"] = weights
+        x = nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return x, intermediates
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier.
+
+    Attributes:
+      num_classes: size of the zero-initialised ``head``; 0 = no head (logits are the
+        pre-logits features).
+      variant: ``"<Ti|S|B|L|H>/<patch>"`` (see `parse_variant`), or None when every
+        override below is given.
+      width, depth, mlp_dim, num_heads, patch_size: override the variant's value (None = keep).
+        ``patch_size`` is an int or (height, width).
+      pool: ``"cls"`` (prepend a learned token, classify from it) or ``"gap"`` (mean of the
+        encoded patch tokens; no ``cls`` parameter, one token fewer).
+      representation_size: adds ``pre_logits`` Dense + tanh before the head (official ViT
+        pre-training); None = identity.
+      dropout: dropout after the position embedding, attention output and MLP layers.
+      attention_dropout: dropout on the attention weights. Needs the XLA attention path:
+        with ``train=True`` an automatic ``attention_implementation`` then uses XLA, and an
+        explicit ``"cudnn"`` raises.
+      stochastic_depth: drop-path rate of the last block, linearly increasing from 0 at the
+        first; whole examples drop a residual branch.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
+        Logits are returned as float32.
+      attention_implementation: see `jaxvision.attention.dot_product_attention`.
+      head_zero_init: zero-initialise the head kernel (official ViT); else LeCun normal.
+
+    Call ``model.apply(variables, images, train=..., rngs={"dropout": key})``; the rng is only
+    needed when ``train=True`` and some dropout/stochastic-depth rate is > 0.
+    """
+
+    num_classes: int
+    variant: str | None = "B/16"
+    width: int | None = None
+    depth: int | None = None
+    mlp_dim: int | None = None
+    num_heads: int | None = None
+    patch_size: int | Sequence[int] | None = None
+    pool: str = "cls"
+    representation_size: int | None = None
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    stochastic_depth: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    attention_implementation: str | None = None
+    head_zero_init: bool = True
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The effective width/depth/mlp_dim/num_heads/patch_size after overrides."""
+        config = parse_variant(self.variant) if self.variant is not None else {}
+        overrides = dict(
+            width=self.width,
+            depth=self.depth,
+            mlp_dim=self.mlp_dim,
+            num_heads=self.num_heads,
+            patch_size=None if self.patch_size is None else _as_patch(self.patch_size),
+        )
+        config.update({k: v for k, v in overrides.items() if v is not None})
+        missing = [k for k in overrides if k not in config]
+        if missing:
+            raise ValueError(
+                f"ViT with variant=None needs explicit {', '.join(missing)}; "
+                f"or give a variant such as 'B/16' (names: {list(VARIANTS)})"
+            )
+        if config["width"] % config["num_heads"]:
+            raise ValueError(
+                f"width {config['width']} is not divisible by num_heads {config['num_heads']}; "
+                "choose a width that is a multiple of num_heads"
+            )
+        if self.pool not in ("cls", "gap"):
+            raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
+        for name in ("dropout", "attention_dropout", "stochastic_depth"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
+        return config
+
+    @nn.compact
+    def __call__(self, images, *, train: bool = False, return_attention_weights: bool = False):
+        """images [B, H, W, C] in [-1, 1] -> (logits [B, num_classes] float32, intermediates).
+
+        intermediates: "patch_embeddings" [B, N, D], "encoder_block_{i}" [B, T, D],
+        "encoded" [B, T, D] (after the final norm), "pre_logits" [B, D or representation_size],
+        and "attention_weights_{i}" [B, heads, T, T] when ``return_attention_weights``
+        (computed on the XLA path). T = N + 1 with pool="cls", else N.
+        """
+        cfg = self.resolved_config()
+        if images.ndim != 4:
+            raise ValueError(
+                f"images must be NHWC [batch, height, width, channels], got {images.shape}"
+            )
+        ph, pw = cfg["patch_size"]
+        _, height, width_px, _ = images.shape
+        for what, size, patch in (("height", height, ph), ("width", width_px, pw)):
+            if size % patch:
+                raise ValueError(
+                    f"image {what} {size} is not divisible by the patch {what} {patch}: "
+                    f"resize or crop to {_compatible_sizes(size, patch)}, or choose a patch "
+                    f"size that divides {size}"
+                )
+
+        intermediates: dict[str, jax.Array] = {}
+        x = nn.Conv(
+            cfg["width"],
+            kernel_size=(ph, pw),
+            strides=(ph, pw),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embedding",
+        )(images)
+        batch, gh, gw, dim = x.shape
+        x = x.reshape(batch, gh * gw, dim)
+        intermediates["patch_embeddings"] = x
+
+        if self.pool == "cls":
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, dim), self.param_dtype)
+            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
+
+        x, block_outputs = Transformer(
+            depth=cfg["depth"],
+            mlp_dim=cfg["mlp_dim"],
+            num_heads=cfg["num_heads"],
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            stochastic_depth=self.stochastic_depth,
+            attention_implementation=self.attention_implementation,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="Transformer",
+        )(x, train=train, return_attention_weights=return_attention_weights)
+        intermediates.update(block_outputs)
+        intermediates["encoded"] = x
+
+        x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
+        if self.representation_size is not None:
+            x = nn.Dense(
+                self.representation_size,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="pre_logits",
+            )(x)
+            x = jnp.tanh(x)
+        intermediates["pre_logits"] = x
+
+        if self.num_classes:
+            kernel_init = (
+                nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
+            )
+            x = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=kernel_init,
+                name="head",
+            )(x)
+        # float32 logits: softmax/cross-entropy on bf16 logits loses precision.
+        return x.astype(jnp.float32), intermediates
