@@ -135,7 +135,7 @@ def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: fl
         (loss, aux), grads = accumulated_value_and_grad(loss_fn, state.params, batch, micro_batches)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.tree_utils.tree_norm(grads)}
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate(state.step) if callable(learning_rate) else learning_rate
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

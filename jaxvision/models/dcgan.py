@@ -1,0 +1,183 @@
+"""DCGAN generator and discriminator (Radford et al., 2015), optionally class-conditional.
+
+flax.linen modules only: no data, losses or training here.
+
+Variable collections (what ``init`` returns and ``apply`` needs):
+
+* ``Generator``: ``params`` and ``batch_stats`` (BatchNorm running averages).
+  Train: ``G.apply(vars, z, labels, train=True, mutable=["batch_stats"])``
+  returns ``(images, {"batch_stats": ...})``. Eval: ``G.apply(vars, z, labels, train=False)``.
+* ``Discriminator``: ``params`` only, plus ``batch_stats`` when ``spectral_norm=True``
+  (the power-iteration vectors ``u`` and estimates ``sigma`` of flax's ``SpectralNorm``).
+  Train: ``D.apply(vars, x, labels, train=True, mutable=["batch_stats"])``; the
+  ``batch_stats`` of the update is empty without spectral norm, so one code path
+  serves both. Eval (``train=False``) leaves ``u`` untouched.
+
+``init`` needs only the ``params`` rng (spectral norm draws its initial ``u`` from it).
+Images are NHWC in [-1, 1]; parameters are float32, ``dtype`` is the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+# image size -> side of the first feature map. 28 = 7 * 2**2 (Fashion-MNIST / MNIST);
+# 32 and 64 start from 4x4 as in the DCGAN paper.
+_BASE_SIZE = {28: 7, 32: 4, 64: 4}
+SUPPORTED_IMAGE_SIZES = tuple(sorted(_BASE_SIZE))
+
+# DCGAN initialisation: N(0, 0.02) weights. It was chosen for a generator whose every
+# hidden layer is batch-normalised, so activation scale is not an issue there.
+_dcgan_init = nn.initializers.normal(stddev=0.02)
+
+
+def _num_upsamplings(image_size: int) -> int:
+    if image_size not in _BASE_SIZE:
+        raise ValueError(
+            f"image_size={image_size} is not supported; supported sizes: "
+            f"{', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
+        )
+    return (image_size // _BASE_SIZE[image_size]).bit_length() - 1
+
+
+def _check_labels(labels, num_classes: int | None, batch: int, who: str):
+    """Shared label validation: the errors name the fix, not just the symptom."""
+    if num_classes is None:
+        if labels is not None:
+            raise ValueError(
+                f"this {who} is unconditional (num_classes=None) but labels were "
+                f"passed; build it with num_classes=... or drop labels"
+            )
+        return None
+    if labels is None:
+        raise ValueError(f"this {who} is class-conditional: pass labels=... (int array [B])")
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {labels.shape}")
+    return labels
+
+
+class Generator(nn.Module):
+    """DCGAN generator: z [B, latent_dim] (+ labels [B]) -> images [B, H, W, channels].
+
+    Layout: Dense(z) -> reshape to base x base x (width * 2**(n-1)) -> BN -> ReLU, then
+    n-1 blocks of ConvTranspose(4x4, stride 2) + BN + ReLU halving the channels, and a
+    last ConvTranspose(4x4, stride 2) to ``channels`` with tanh (no BN on the output,
+    as in the paper). n = 2 for 28 px (7->14->28), 3 for 32 px, 4 for 64 px; with
+    width=64 the 64 px net is exactly the paper's 4x4x512 -> 8x8x256 -> ... -> 64x64x3.
+    A 4x4 kernel with stride 2 (kernel divisible by stride) avoids the uneven overlap
+    that makes checkerboard artefacts.
+
+    Conditional (num_classes set): a learned embedding of the label, of size latent_dim,
+    is concatenated to z. A learned embedding rather than a one-hot keeps the label
+    signal on the same scale as the N(0, 1) noise at initialisation.
+    """
+
+    image_size: int = 28
+    channels: int = 1
+    latent_dim: int = 100
+    width: int = 64
+    num_classes: int | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, labels=None, *, train: bool):
+        n = _num_upsamplings(self.image_size)
+        base = _BASE_SIZE[self.image_size]
+        z = jnp.asarray(z)
+        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape [B, {self.latent_dim}], got {z.shape}")
+        labels = _check_labels(labels, self.num_classes, z.shape[0], "generator")
+
+        x = z.astype(self.dtype)
+        if labels is not None:
+            emb = nn.Embed(self.num_classes, self.latent_dim, dtype=self.dtype,
+                           name="label_embed")(labels)
+            x = jnp.concatenate([x, emb], axis=-1)
+
+        # PyTorch momentum 0.1 == flax momentum 0.9; eps 1e-5 as in the paper's code.
+        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                       epsilon=1e-5, dtype=self.dtype, name=name)
+        ch = self.width * 2 ** (n - 1)
+        # No bias before BatchNorm: BN's own offset makes it redundant.
+        x = nn.Dense(base * base * ch, use_bias=False, kernel_init=_dcgan_init,
+                     dtype=self.dtype, name="project")(x)
+        x = x.reshape(x.shape[0], base, base, ch)
+        x = nn.relu(bn("project_bn")(x))
+        for i in range(n - 1):
+            ch //= 2
+            x = nn.ConvTranspose(ch, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+                                 kernel_init=_dcgan_init, dtype=self.dtype,
+                                 name=f"up{i}")(x)
+            x = nn.relu(bn(f"up{i}_bn")(x))
+        x = nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding="SAME",
+                             kernel_init=_dcgan_init, dtype=self.dtype, name="to_image")(x)
+        return jnp.tanh(x)
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator: images [B, H, W, channels] (+ labels [B]) -> logits [B] (float32).
+
+    Layout: n strided Conv(4x4, stride 2) + LeakyReLU(0.2) with channels width, 2*width,
+    ... (n as in the generator: 28 px -> 14 -> 7; 32 -> 4; 64 -> 4), flatten, Dense(1).
+
+    Normalisation: none (a deliberate departure from the paper, which batch-normalises the
+    inner layers). BatchNorm would make each example's logit depend on the rest of its
+    batch: real and fake batches get different statistics, results change with the
+    per-device batch under data parallelism, and gradient penalties (WGAN-GP, R1), which
+    need per-example gradients, become wrong. Without BN the default LeCun-normal init is
+    used (not DCGAN's N(0, 0.02), which shrinks activations layer after layer when nothing
+    renormalises them). ``spectral_norm=True`` wraps every conv, the Dense and the label
+    embedding in ``flax.linen.SpectralNorm`` (Miyato et al. 2018) for a 1-Lipschitz-ish D.
+
+    Conditional: projection discriminator (Miyato & Koyama 2018),
+    ``logit = Dense(h) + sum(embed(y) * h)`` with h the flattened features.
+    """
+
+    image_size: int = 28
+    channels: int = 1
+    width: int = 64
+    num_classes: int | None = None
+    spectral_norm: bool = False
+    dtype: Any = jnp.float32
+
+    def _layer(self, layer, *args, train: bool):
+        # Power iteration state lives in 'batch_stats'; only advance it while training so
+        # evaluation is deterministic and needs no mutable collections.
+        if self.spectral_norm:
+            return nn.SpectralNorm(layer, name=f"{layer.name}_sn")(*args, update_stats=train)
+        return layer(*args)
+
+    @nn.compact
+    def __call__(self, x, labels=None, *, train: bool):
+        n = _num_upsamplings(self.image_size)
+        x = jnp.asarray(x)
+        expected = (self.image_size, self.image_size, self.channels)
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(
+                f"expected images of shape [B, {', '.join(map(str, expected))}] (NHWC), "
+                f"got {x.shape}"
+            )
+        labels = _check_labels(labels, self.num_classes, x.shape[0], "discriminator")
+
+        h = x.astype(self.dtype)
+        for i in range(n):
+            conv = nn.Conv(self.width * 2 ** i, (4, 4), strides=(2, 2), padding="SAME",
+                           dtype=self.dtype, name=f"conv{i}")
+            h = nn.leaky_relu(self._layer(conv, h, train=train), negative_slope=0.2)
+        h = h.reshape(h.shape[0], -1)
+        logits = self._layer(nn.Dense(1, dtype=self.dtype, name="logit"), h, train=train)[:, 0]
+        if labels is not None:
+            # std 1/sqrt(d) puts the projection term on the scale of the Dense logit
+            # at init (a unit-variance table would give logits of size ~sqrt(d)).
+            embed = nn.Embed(self.num_classes, h.shape[-1], dtype=self.dtype,
+                             embedding_init=nn.initializers.normal(h.shape[-1] ** -0.5),
+                             name="label_embed")
+            logits = logits + jnp.sum(self._layer(embed, labels, train=train) * h, axis=-1)
+        # Logits in float32 whatever the compute dtype: the losses take softplus of them.
+        return logits.astype(jnp.float32)
