@@ -75,19 +75,20 @@ def _parse(value: str, annotation, where: str):
     raise ConfigError(f"{where}: unsupported field type {annotation}")
 
 
-def override(config, dotted: str, value: str):
+def override(config, dotted: str, value: str, _prefix: str = ""):
     """Return a copy of `config` with the field at `dotted` (a.b.c) set from a string."""
     head, _, rest = dotted.partition(".")
     fields = _fields(config)
     if head not in fields:
         raise ConfigError(
-            f"Unknown config field {dotted!r} in {type(config).__name__}; known fields: {sorted(fields)}."
+            f"Unknown config field {head!r} in {_prefix + dotted!r} ({type(config).__name__}); "
+            f"known fields: {sorted(fields)}."
         )
     current = getattr(config, head)
     if rest:
         if not dataclasses.is_dataclass(current):
             raise ConfigError(f"Config field {head!r} is a {type(current).__name__}, it has no field {rest!r}.")
-        return dataclasses.replace(config, **{head: override(current, rest, value)})
+        return dataclasses.replace(config, **{head: override(current, rest, value, f"{_prefix}{head}.")})
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"Config field {head!r} is a group; set one of its fields, e.g. {head}.{next(iter(_fields(current)))}=...")
     hints = typing.get_type_hints(type(config))
@@ -106,3 +107,19 @@ def apply_overrides(config, overrides: list[str]):
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a config dataclass from `to_dict` output (e.g. a run's config.json)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        if name not in hints:
+            raise ConfigError(f"Unknown config field {name!r} for {cls.__name__}.")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

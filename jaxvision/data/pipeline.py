@@ -121,6 +121,55 @@ def _load_in_memory(builder, split):
     return _IN_MEMORY_CACHE[key]
 
 
+def select_examples(labels, classes=None, label_fraction=None, examples_per_class=None, subset_seed: int = 0):
+    """(indices, new_labels): a deterministic subset of a split, by class and label budget.
+
+    classes: original label ids to keep, relabelled 0..len(classes)-1 in the given order
+    (None: all classes, labels unchanged). label_fraction: keep this fraction of each
+    class (at least one example); examples_per_class: keep this many of each class
+    (k-shot). The examples kept of class c are the first ones of a permutation seeded by
+    (subset_seed, c), so they depend on neither the training seed nor the batch size nor
+    the process count, and a smaller budget keeps a subset of a larger one. Indices are
+    returned in stored order.
+    """
+    labels = np.asarray(labels)
+    if label_fraction is not None and examples_per_class is not None:
+        raise ValueError("give label_fraction or examples_per_class, not both")
+    if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+    if examples_per_class is not None and examples_per_class < 1:
+        raise ValueError(f"examples_per_class must be >= 1, got {examples_per_class}")
+    present = np.unique(labels)
+    if classes is None:
+        classes = [int(c) for c in present]
+        mapping = {c: c for c in classes}
+    else:
+        classes = [int(c) for c in classes]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes {classes} has duplicates")
+        missing = sorted(set(classes) - set(int(c) for c in present))
+        if missing:
+            raise ValueError(f"classes {missing} do not occur in this split (labels present: {present.tolist()})")
+        mapping = {c: i for i, c in enumerate(classes)}
+    keep = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if label_fraction is not None or examples_per_class is not None:
+            k = (max(1, int(round(label_fraction * len(members)))) if label_fraction is not None
+                 else examples_per_class)
+            if k > len(members):
+                raise ValueError(f"examples_per_class={k} but class {c} has only {len(members)} examples")
+            members = np.random.default_rng([subset_seed, c]).permutation(members)[:k]
+        keep.append(members)
+    keep = np.sort(np.concatenate(keep))
+    new_labels = np.array([mapping[int(c)] for c in labels[keep]], np.int32)
+    return keep, new_labels
+
+
+def _subset_requested(classes, label_fraction, examples_per_class) -> bool:
+    return classes is not None or label_fraction is not None or examples_per_class is not None
+
+
 @dataclasses.dataclass
 class TrainIterator:
     """Infinite iterator of per-process training batches {"image", "label"} (NumPy)."""
@@ -153,16 +202,32 @@ def train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     download: bool = True,
+    classes=None,
+    label_fraction: float | None = None,
+    examples_per_class: int | None = None,
+    subset_seed: int = 0,
 ) -> TrainIterator:
-    """Shuffled, augmented, batched training data for this process, starting at `start_step`."""
+    """Shuffled, augmented, batched training data for this process, starting at `start_step`.
+
+    classes / label_fraction / examples_per_class train on a deterministic subset (see
+    `select_examples`); they need the in-memory path (datasets under 1 GiB).
+    """
     if augment not in aug.AUGMENTATIONS:
         raise ValueError(f"Unknown augmentation {augment!r}; choose one of {aug.AUGMENTATIONS}.")
     pi, pc = _process(process_index, process_count)
     local_batch = _check_batch(global_batch_size, pc)
     builder = ensure_prepared(name, data_dir, download=download)
     n = _check_split(builder, split)
+    subset = _subset_requested(classes, label_fraction, examples_per_class)
     if in_memory is None:
         in_memory = builder.info.dataset_size < IN_MEMORY_MAX_BYTES
+    if subset:
+        if not in_memory:
+            raise ValueError("classes / label_fraction / examples_per_class need the in-memory pipeline "
+                             f"(in_memory=True; {name!r} is streamed)")
+        keep, subset_labels = select_examples(_load_in_memory(builder, split)[1], classes, label_fraction,
+                                              examples_per_class, subset_seed)
+        n = len(keep)
     steps_per_epoch = n // global_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"Split {split!r} has {n} examples, fewer than one global batch of {global_batch_size}.")
@@ -184,6 +249,8 @@ def train_iterator(
 
     if in_memory:
         images, labels = _load_in_memory(builder, split)
+        if subset:
+            images, labels = images[keep], subset_labels
 
         def epochs():
             epoch, offset = divmod(start_step, steps_per_epoch)
@@ -240,8 +307,15 @@ def eval_batches(
     process_index: int | None = None,
     process_count: int | None = None,
     download: bool = True,
+    classes=None,
+    label_fraction: float | None = None,
+    examples_per_class: int | None = None,
+    subset_seed: int = 0,
 ) -> Iterator:
     """Every example of `split` exactly once, in order, as per-process batches.
+
+    classes / label_fraction / examples_per_class restrict it to a deterministic subset
+    (see `select_examples`; read through host memory).
 
     The last global batch is padded; its `mask` entry is False on padding, so metrics
     count each real example once. All processes yield the same number of batches,
@@ -251,6 +325,10 @@ def eval_batches(
     local_batch = _check_batch(global_batch_size, pc)
     builder = ensure_prepared(name, data_dir, download=download)
     n = _check_split(builder, split)
+    if _subset_requested(classes, label_fraction, examples_per_class):
+        images, labels = _load_in_memory(builder, split)
+        keep, subset_labels = select_examples(labels, classes, label_fraction, examples_per_class, subset_seed)
+        n = len(keep)
     total = math.ceil(n / global_batch_size) * global_batch_size
 
     def preprocess(image, label, valid):
@@ -262,9 +340,12 @@ def eval_batches(
                 image = tf.image.resize(image, [image_size, image_size], method="bilinear")
         return {"image": _to_model_range(image, value_range), "label": tf.cast(label, tf.int32), "mask": valid}
 
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if _subset_requested(classes, label_fraction, examples_per_class):
+        ds = tf.data.Dataset.from_tensor_slices((images[keep], subset_labels))
+    else:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
     # Pad with copies of the first example (masked out) to fill the last global batch.
-    ds = ds.map(lambda ex: (ex["image"], ex["label"]))
     pad = ds.take(1).repeat(total - n)
     ds = ds.concatenate(pad)
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.range(total)))
@@ -272,3 +353,30 @@ def eval_batches(
     ds = ds.filter(lambda ex, i: (i % global_batch_size) // local_batch == pi)
     ds = ds.map(lambda ex, i: preprocess(ex[0], ex[1], i < n), num_parallel_calls=tf.data.AUTOTUNE)
     return tfds.as_numpy(ds.batch(local_batch).prefetch(2))
+
+
+def image_batches(
+    name: str,
+    split: str = "train",
+    *,
+    batch_size: int = 256,
+    num_images: int | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+) -> tuple[int, Iterator[np.ndarray]]:
+    """(count, batches): the first `num_images` (default all) stored images of `split`, in
+    stored order, as raw uint8 NumPy batches [B, H, W, C] - no shuffling, scaling or
+    resizing. For feature extraction (FID statistics of a reference set)."""
+    builder = ensure_prepared(name, data_dir, download=download)
+    n = _check_split(builder, split)
+    if num_images is not None:
+        if not 0 < num_images <= n:
+            raise ValueError(f"num_images={num_images}: split {split!r} of {name!r} has {n} examples")
+        n = num_images
+    shape = builder.info.features["image"].shape
+    if None in shape:
+        raise ValueError(
+            f"tfds dataset {name!r} has images of varying size {shape}; FID statistics need a "
+            "fixed-size image set (crop or resize it into a folder first)")
+    ds = builder.as_dataset(split=split, shuffle_files=False).map(lambda ex: ex["image"]).take(n)
+    return n, tfds.as_numpy(ds.batch(batch_size).prefetch(2))

@@ -144,6 +144,7 @@ class MlpBlock(nn.Module):
 
     mlp_dim: int
     dropout: float = 0.0
+    gelu_approximate: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -158,8 +159,9 @@ class MlpBlock(nn.Module):
             bias_init=nn.initializers.normal(stddev=1e-6),
         )
         y = dense(self.mlp_dim, "Dense_0")(x)
-        # tanh-approximate GELU (flax's default), as the official checkpoints were trained.
-        y = nn.gelu(y, approximate=True)
+        # tanh-approximate GELU (flax's default), as the official checkpoints were trained;
+        # exact (erf) GELU for weights trained with it (timm / PyTorch nn.GELU).
+        y = nn.gelu(y, approximate=self.gelu_approximate)
         y = nn.Dropout(self.dropout)(y, deterministic=not train)
         y = dense(x.shape[-1], "Dense_1")(y)
         return nn.Dropout(self.dropout)(y, deterministic=not train)
@@ -174,6 +176,7 @@ class Encoder1DBlock(nn.Module):
     attention_dropout: float = 0.0
     drop_path: float = 0.0
     attention_implementation: str | None = None
+    gelu_approximate: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -198,6 +201,7 @@ class Encoder1DBlock(nn.Module):
         y = MlpBlock(
             mlp_dim=self.mlp_dim,
             dropout=self.dropout,
+            gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="MlpBlock_3",
@@ -241,6 +245,7 @@ class Transformer(nn.Module):
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
     attention_implementation: str | None = None
+    gelu_approximate: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -259,6 +264,7 @@ class Transformer(nn.Module):
                 attention_dropout=self.attention_dropout,
                 drop_path=rate,
                 attention_implementation=self.attention_implementation,
+                gelu_approximate=self.gelu_approximate,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"encoderblock_{i}",
@@ -294,6 +300,9 @@ class ViT(nn.Module):
         Logits are returned as float32.
       attention_implementation: see `jaxvision.attention.dot_product_attention`.
       head_zero_init: zero-initialise the head kernel (official ViT); else LeCun normal.
+      gelu_approximate: tanh-approximate GELU in the MLP (True: flax's default, as the official
+        and big_vision checkpoints were trained) or exact erf GELU (False: timm / PyTorch
+        ``nn.GELU``; set it for weights imported from timm).
 
     Call ``model.apply(variables, images, train=..., rngs={"dropout": key})``; the rng is only
     needed when ``train=True`` and some dropout/stochastic-depth rate is > 0.
@@ -315,6 +324,7 @@ class ViT(nn.Module):
     param_dtype: Any = jnp.float32
     attention_implementation: str | None = None
     head_zero_init: bool = True
+    gelu_approximate: bool = True
 
     def resolved_config(self) -> dict[str, Any]:
         """The effective width/depth/mlp_dim/num_heads/patch_size after overrides."""
@@ -396,6 +406,7 @@ class ViT(nn.Module):
             attention_dropout=self.attention_dropout,
             stochastic_depth=self.stochastic_depth,
             attention_implementation=self.attention_implementation,
+            gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="Transformer",

@@ -32,6 +32,7 @@ class ModelConfig:
     stochastic_depth: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_implementation: str | None = None
+    gelu_approximate: bool = True  # False: exact GELU, for weights imported from timm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,11 @@ class DataConfig:
     augment: str = "none"
     image_size: int | None = None  # None: the dataset's own size
     in_memory: bool | None = None  # None: automatic by dataset size
+    # A deterministic subset (see data.pipeline.select_examples): these original labels,
+    # relabelled 0..n-1 (train and eval); and a label budget for training only.
+    classes: tuple[int, ...] | None = None
+    label_fraction: float | None = None
+    examples_per_class: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,15 +102,22 @@ def build_model(cfg: ModelConfig, num_classes: int):
         stochastic_depth=cfg.stochastic_depth,
         dtype=DTYPES[cfg.dtype],
         attention_implementation=cfg.attention_implementation,
+        gelu_approximate=cfg.gelu_approximate,
     )
 
 
-def build_optimizer(cfg: OptimConfig, total_steps: int, frozen_mask=None):
+def build_optimizer(cfg: OptimConfig, total_steps: int, frozen_mask=None, lr_multipliers=None):
+    """`lr_multipliers`: optional tree (or params -> tree) of per-parameter learning-rate
+    factors (layer-wise decay; see `jaxvision.train.finetune`)."""
     lr = optim.schedule(cfg.learning_rate, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio)
     tx = optim.make_optimizer(
         cfg.name, lr, weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2, momentum=cfg.momentum,
         grad_clip_norm=cfg.grad_clip_norm, frozen_mask=frozen_mask,
     )
+    if lr_multipliers is not None:
+        from jaxvision.train.finetune import scale_by_multipliers
+
+        tx = optax.chain(tx, scale_by_multipliers(lr_multipliers))
     return tx, lr
 
 
@@ -154,7 +167,7 @@ def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: fl
     return loop.Task(init=init, train_step=train_step, eval_step=eval_step)
 
 
-def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=None) -> dict:
+def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=None, lr_multipliers=None) -> dict:
     """Train and evaluate a ViT classifier as `cfg` says; write everything to `workdir`."""
     from jaxvision import data  # TensorFlow only here: steps and models stay TF-free
 
@@ -167,8 +180,9 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
         raise config_lib.ConfigError(
             f"Dataset {cfg.data.dataset!r} has images of varying size: set data.image_size (e.g. 224)."
         )
-    model = build_model(cfg.model, info.num_classes)
-    tx, lr = build_optimizer(cfg.optim, cfg.total_steps, frozen_mask)
+    num_classes = len(cfg.data.classes) if cfg.data.classes else info.num_classes
+    model = build_model(cfg.model, num_classes)
+    tx, lr = build_optimizer(cfg.optim, cfg.total_steps, frozen_mask, lr_multipliers)
     task = make_task(model, tx, image_shape=image_shape, learning_rate=lr,
                      label_smoothing=cfg.optim.label_smoothing, micro_batches=cfg.micro_batches,
                      init_params=init_params)
@@ -177,13 +191,14 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
         return data.train_iterator(
             cfg.data.dataset, cfg.data.train_split, global_batch_size=cfg.global_batch_size, seed=cfg.seed,
             start_step=start_step, data_dir=cfg.data.data_dir, augment=cfg.data.augment,
-            image_size=cfg.data.image_size, in_memory=cfg.data.in_memory,
+            image_size=cfg.data.image_size, in_memory=cfg.data.in_memory, classes=cfg.data.classes,
+            label_fraction=cfg.data.label_fraction, examples_per_class=cfg.data.examples_per_class,
         )
 
     def eval_data():
         return data.eval_batches(
             cfg.data.dataset, cfg.data.eval_split, global_batch_size=cfg.global_batch_size,
-            data_dir=cfg.data.data_dir, image_size=cfg.data.image_size,
+            data_dir=cfg.data.data_dir, image_size=cfg.data.image_size, classes=cfg.data.classes,
         )
 
     return loop.train(
@@ -203,3 +218,23 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
         config=config_lib.to_dict(cfg),
         progress=cfg.progress,
     )
+
+
+def feature_fn_from_run(workdir):
+    """A jitted `images -> pre-logit features` function of a trained classifier run
+    (its `config.json` and newest checkpoint): a feature space for Fréchet distances."""
+    import json
+    from pathlib import Path
+
+    from jaxvision.train import load_params
+
+    cfg = config_lib.from_dict(ClassificationConfig, json.loads((Path(workdir) / "config.json").read_text()))
+    params = load_params(workdir)
+    model = build_model(cfg.model, num_classes=params["head"]["kernel"].shape[-1])
+
+    @jax.jit
+    def features(images):
+        _, intermediates = model.apply({"params": params}, images, train=False)
+        return intermediates["pre_logits"]
+
+    return features

@@ -1,0 +1,514 @@
+"""`load_pretrained`: any supported ViT checkpoint into a jaxvision parameter template.
+
+    model = ViT(num_classes=10, variant="B/16", gelu_approximate=True)
+    template = jax.eval_shape(model.init, key, jnp.zeros((1, 384, 384, 3)))["params"]
+    params, report = load_pretrained("B_16-i21k.npz", template, head="reset",
+                                     drop_representation=True)
+    print(report.summary())
+
+The template (arrays or `jax.ShapeDtypeStruct`s) fixes the names, shapes and dtypes of
+the result. Every template entry is either loaded, adapted (position embeddings
+resampled to the template's grid, input channels adapted, CLS entry inserted),
+re-initialised on request (the head), or reported as missing; every checkpoint entry
+is either used, deliberately dropped (head, representation layer) or reported as
+unexpected; shape mismatches name the parameter and the dimension that differs.
+With ``strict=True`` (default) any missing, unexpected or mismatched entry raises
+`PretrainedLoadError` carrying the report; with ``strict=False`` those template
+entries are returned unchanged (merge an abstract template with a fresh
+initialisation via `merge_params`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxvision.pretrained import npz as npz_lib
+from jaxvision.pretrained import timm as timm_lib
+from jaxvision.pretrained.layout import BLOCK_RE, POSEMB, Converted, depth_of, flatten, unflatten
+from jaxvision.pretrained.resample import resample_pos_embedding, square_grid
+
+__all__ = [
+    "FORMATS",
+    "LoadReport",
+    "PretrainedLoadError",
+    "detect_format",
+    "infer_vit_config",
+    "load_pretrained",
+    "merge_params",
+    "read_checkpoint",
+]
+
+FORMATS = ("official", "big_vision", "timm")
+
+
+class PretrainedLoadError(ValueError):
+    """A checkpoint does not fit the model; ``.report`` says entry by entry why."""
+
+    def __init__(self, message: str, report: "LoadReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What `load_pretrained` did with every entry. Dicts map a parameter name
+    ('Transformer/encoderblock_0/LayerNorm_0/scale', or the source key for entries the
+    model cannot use) to the reason."""
+
+    source: str
+    format: str
+    loaded: list[str] = dataclasses.field(default_factory=list)
+    missing: dict[str, str] = dataclasses.field(default_factory=dict)
+    unexpected: dict[str, str] = dataclasses.field(default_factory=dict)
+    mismatched: dict[str, str] = dataclasses.field(default_factory=dict)
+    adapted: dict[str, str] = dataclasses.field(default_factory=dict)
+    reinitialized: dict[str, str] = dataclasses.field(default_factory=dict)
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+    ignored: int = 0  # source entries that are not model parameters (optimizer state)
+    hints: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, max_items: int = 12) -> str:
+        lines = [f"{self.source} ({self.format}): {len(self.loaded)} loaded"]
+        if self.ignored:
+            lines[0] += f", {self.ignored} non-parameter entries ignored"
+        for title, entries in (("mismatched", self.mismatched), ("missing", self.missing),
+                               ("unexpected", self.unexpected), ("adapted", self.adapted),
+                               ("re-initialised", self.reinitialized), ("dropped", self.dropped)):
+            if not entries:
+                continue
+            grouped = _group(entries)
+            lines.append(f"{title} ({len(entries)}):")
+            lines += [f"  {name}: {why}" for name, why in grouped[:max_items]]
+            if len(grouped) > max_items:
+                lines.append(f"  ... and {len(grouped) - max_items} more")
+        if self.hints:
+            lines.append(f"model hints: {self.hints}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _group(entries: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Collapse per-block entries with the same reason: encoderblock_{0..11}/..."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    order = []
+    for name, why in entries.items():
+        match = re.match(r"^(Transformer/encoderblock_)(\d+)(/.*)$", name)
+        key = (f"{match.group(1)}*{match.group(3)}", why) if match else (name, why)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        if match:
+            groups[key].append(int(match.group(2)))
+    out = []
+    for name, why in order:
+        blocks = groups[(name, why)]
+        if len(blocks) > 1:
+            name = name.replace("*", "{" + _ranges(sorted(blocks)) + "}")
+        elif blocks:
+            name = name.replace("*", str(blocks[0]))
+        out.append((name, why))
+    return out
+
+
+def _ranges(values: list[int]) -> str:
+    parts, start = [], values[0]
+    for prev, cur in zip(values, values[1:] + [None]):
+        if cur != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}..{prev}")
+            start = cur
+    return ",".join(parts)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def detect_format(source) -> str:
+    """'official', 'big_vision' or 'timm' for a path or a mapping of arrays."""
+    if isinstance(source, Converted):
+        return source.format
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            raise ValueError(
+                f"{path} is a folder: for a jaxvision run pass jaxvision.train.load_params({str(path)!r}); "
+                "otherwise give the checkpoint file (.npz, .safetensors, .pth)"
+            )
+        if path.suffix == ".safetensors" or path.suffix in timm_lib.TORCH_SUFFIXES:
+            return "timm"
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                keys = archive.files
+            flat = dict.fromkeys(keys)
+            stripped, _, _ = npz_lib._strip_prefix(flat, None)
+            return npz_lib.detect_npz_layout(stripped)
+        raise ValueError(f"{path}: unknown checkpoint type; expected .npz, .safetensors or "
+                         f"{'/'.join(timm_lib.TORCH_SUFFIXES)}")
+    flat = flatten(source)
+    if any(k.endswith("patch_embed.proj.weight") for k in flat):
+        return "timm"
+    stripped, _, _ = npz_lib._strip_prefix(flat, None)
+    return npz_lib.detect_npz_layout(stripped)
+
+
+def read_checkpoint(source, *, format: str = "auto", prefix: str | None = None,
+                    num_heads: int | None = None) -> Converted:
+    """A checkpoint (path, flat or nested mapping, or `Converted`) in canonical names."""
+    if isinstance(source, Converted):
+        return source
+    if format == "auto":
+        format = detect_format(source)
+    if format not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {format!r}; choose one of {FORMATS} or 'auto'")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        raw = timm_lib.read_state_dict(path) if format == "timm" else npz_lib.read_npz(path)
+    else:
+        raw = source if format == "timm" else flatten(source)
+    if format == "timm":
+        return timm_lib.from_timm(raw, num_heads=num_heads)
+    return npz_lib.from_npz_dict(raw, layout=format, prefix=prefix)
+
+
+def infer_vit_config(source, *, format: str = "auto", num_heads: int | None = None,
+                     prefix: str | None = None) -> dict[str, Any]:
+    """The ViT architecture a checkpoint holds, as `jaxvision.models.ViT` keyword
+    arguments (plus ``num_classes`` of its head, 0 if none, ``image_size`` when the
+    position grid is square, and ``in_channels``)."""
+    ckpt = read_checkpoint(source, format=format, prefix=prefix, num_heads=num_heads)
+    p = ckpt.params
+    ph, pw, channels, width = p["embedding/kernel"].shape
+    attn = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+    config = dict(
+        width=int(width),
+        depth=depth_of(p),
+        mlp_dim=int(p["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].shape[1]),
+        num_heads=int(p[attn].shape[1]),
+        patch_size=(int(ph), int(pw)),
+        pool="cls" if "cls" in p else "gap",
+        representation_size=int(p["pre_logits/kernel"].shape[1]) if "pre_logits/kernel" in p else None,
+        num_classes=int(p["head/kernel"].shape[1]) if "head/kernel" in p else 0,
+        gelu_approximate=bool(ckpt.hints.get("gelu_approximate", True)),
+        in_channels=int(channels),
+        image_size=None,
+    )
+    if POSEMB in p:
+        patches = p[POSEMB].shape[-2] - (ckpt.posemb_prefix or 0)
+        side = int(round(patches ** 0.5))
+        if side * side == patches:
+            config["image_size"] = (side * int(ph), side * int(pw))
+    return config
+
+
+# --------------------------------------------------------------------------- matching
+
+_ROLES = (
+    (r"^embedding/kernel$", ("patch height", "patch width", "input channels", "width")),
+    (r"^embedding/bias$", ("width",)),
+    (r"^cls$", ("", "", "width")),
+    (r"/(LayerNorm_\d+|encoder_norm)/(scale|bias)$", ("width",)),
+    (r"/(query|key|value)/kernel$", ("width", "num_heads", "head_dim")),
+    (r"/(query|key|value)/bias$", ("num_heads", "head_dim")),
+    (r"/out/kernel$", ("num_heads", "head_dim", "width")),
+    (r"/out/bias$", ("width",)),
+    (r"/Dense_0/kernel$", ("width", "mlp_dim")),
+    (r"/Dense_0/bias$", ("mlp_dim",)),
+    (r"/Dense_1/kernel$", ("mlp_dim", "width")),
+    (r"/Dense_1/bias$", ("width",)),
+    (r"^pre_logits/kernel$", ("width", "representation_size")),
+    (r"^pre_logits/bias$", ("representation_size",)),
+    (r"^head/kernel$", ("head input (width, or representation_size)", "num_classes")),
+    (r"^head/bias$", ("num_classes",)),
+)
+
+
+def _explain(name: str, ckpt_shape, model_shape) -> str:
+    ckpt_shape, model_shape = tuple(ckpt_shape), tuple(model_shape)
+    base = f"checkpoint {ckpt_shape} vs model {model_shape}"
+    if len(ckpt_shape) != len(model_shape):
+        return f"{base}: different rank"
+    roles = next((r for pattern, r in _ROLES if re.search(pattern, name)), ())
+    reasons, fixes = [], []
+    for role, a, b in zip(roles, ckpt_shape, model_shape):
+        if a != b and role:
+            reasons.append(f"{role} {a} vs {b}")
+            if role == "input channels":
+                fixes.append("pass adapt_channels=True to sum/replicate the filters over channels")
+            elif role.startswith("patch"):
+                fixes.append("use the checkpoint's patch size (patch embeddings are not resampled)")
+            elif role == "num_classes":
+                fixes.append("pass head='reset' for a new zero-initialised head")
+    why = "; ".join(reasons) or "different shape"
+    return f"{base}: {why}" + (f" ({'; '.join(dict.fromkeys(fixes))})" if fixes else "")
+
+
+def _leaf_info(leaf):
+    return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
+def _fold_normalization(kernel, bias, mean, std):
+    """Patch embedding for [-1, 1] inputs that equals the original on (x01 - mean) / std."""
+    mean = np.asarray(mean, np.float64).reshape(-1)
+    std = np.asarray(std, np.float64).reshape(-1)
+    if kernel.shape[2] not in (len(mean), 1) or len(mean) != len(std):
+        raise ValueError(f"input_normalization has {len(mean)} channels, the checkpoint's patch "
+                         f"embedding {kernel.shape[2]}")
+    k = kernel.astype(np.float64)
+    new_kernel = k / (2.0 * std)[None, None, :, None]
+    new_bias = bias.astype(np.float64) + np.einsum("hwcd,c->d", k, (0.5 - mean) / std)
+    return new_kernel.astype(kernel.dtype), new_bias.astype(bias.dtype)
+
+
+def load_pretrained(
+    source,
+    template: Mapping,
+    *,
+    format: str = "auto",
+    prefix: str | None = None,
+    head: str = "keep",
+    drop_representation: bool = False,
+    grid: Sequence[int] | None = None,
+    image_size: Sequence[int] | int | None = None,
+    source_grid: Sequence[int] | None = None,
+    align_corners: bool = True,
+    adapt_channels: bool = False,
+    input_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    num_heads: int | None = None,
+    strict: bool = True,
+    model=None,
+) -> tuple[dict, LoadReport]:
+    """Load `source` into the structure of `template`; returns (params, report).
+
+    source: ``.npz`` (official vision_transformer/AugReg or big_vision, detected from the
+      keys), ``.safetensors`` / ``.pth`` (timm), a mapping of arrays in any of these
+      layouts, or a `Converted`.
+    template: the model's ``params`` (arrays or ShapeDtypeStructs, e.g. from
+      ``jax.eval_shape(model.init, ...)``).
+    head: "keep" (load the checkpoint's head; shapes must match), "reset" (zero-initialised
+      new head, the fine-tuning default), "auto" (keep if the shapes match, else reset).
+    drop_representation: drop the checkpoint's ``pre_logits`` layer (build the model with
+      ``representation_size=None``).
+    grid / image_size: the model's patch grid (gh, gw), or its image size from which the grid
+      follows; default: the template's token count as a square grid (same count as the
+      checkpoint: no resampling). source_grid: the checkpoint's grid when not square.
+    align_corners: position embedding resampling convention (True: scipy.ndimage.zoom
+      order=1, as vision_transformer/big_vision; False: pixel-centre bilinear, as timm).
+    adapt_channels: fit the patch embedding to the model's input channels (RGB -> grey sums
+      the filters, grey -> RGB replicates them / 3).
+    input_normalization: (mean, std) per channel, in [0, 1] pixel units, that the checkpoint
+      was trained with (e.g. ImageNet's for many timm models); folded into the patch
+      embedding so the model takes jaxvision's [-1, 1] inputs. (0.5, 0.5) is the identity.
+    num_heads: for timm state dicts, which do not record it (default: from the template).
+    model: optional ViT module; checked against the checkpoint's hints (GELU form).
+    """
+    if head not in ("keep", "reset", "auto"):
+        raise ValueError(f"head must be 'keep', 'reset' or 'auto', got {head!r}")
+    tmpl = flatten(template)
+    if num_heads is None:
+        key = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+        num_heads = int(tmpl[key].shape[1]) if key in tmpl else None
+    ckpt = read_checkpoint(source, format=format, prefix=prefix, num_heads=num_heads)
+    name = str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+    report = LoadReport(source=name, format=ckpt.format, ignored=ckpt.ignored,
+                        hints={k: v for k, v in ckpt.hints.items() if k == "gelu_approximate"})
+    report.unexpected.update(ckpt.unsupported)
+    if model is not None and "gelu_approximate" in ckpt.hints:
+        if getattr(model, "gelu_approximate", True) != ckpt.hints["gelu_approximate"]:
+            raise ValueError(
+                f"{ckpt.format} weights were trained with gelu_approximate={ckpt.hints['gelu_approximate']}; "
+                f"build the ViT with gelu_approximate={ckpt.hints['gelu_approximate']}"
+            )
+    params = dict(ckpt.params)
+
+    if "pre_logits/kernel" in tmpl and drop_representation:
+        raise ValueError("drop_representation=True but the model has a representation layer: build it with "
+                         "representation_size=None")
+    if drop_representation:
+        for key in [k for k in params if k.startswith("pre_logits/")]:
+            report.dropped[key] = "representation layer dropped on request"
+            params.pop(key)
+
+    if "embedding/kernel" in params and "embedding/kernel" in tmpl:
+        kernel, bias = params["embedding/kernel"], params.get("embedding/bias")
+        if input_normalization is not None:
+            if bias is None:
+                raise ValueError("input_normalization needs a patch embedding bias")
+            kernel, bias = _fold_normalization(kernel, bias, *input_normalization)
+            params["embedding/bias"] = bias
+            report.adapted["embedding"] = (f"input normalisation mean={tuple(input_normalization[0])} "
+                                           f"std={tuple(input_normalization[1])} folded in for [-1, 1] inputs")
+        want = tmpl["embedding/kernel"].shape[2]
+        have = kernel.shape[2]
+        if adapt_channels and want != have:
+            if want == 1:
+                kernel = kernel.sum(axis=2, keepdims=True)
+            elif have == 1:
+                kernel = np.repeat(kernel, want, axis=2) / want
+            else:
+                raise ValueError(f"adapt_channels: cannot map {have} input channels to {want}")
+            report.adapted["embedding/kernel"] = (
+                f"{have} -> {want} input channels ({'summed' if want == 1 else 'replicated / ' + str(want)}: "
+                "the same response to a grey image)")
+        params["embedding/kernel"] = kernel
+
+    out: dict[str, Any] = {}
+    used: set[str] = set()
+    ckpt_depth, model_depth = depth_of(params), depth_of(tmpl)
+    for key, leaf in tmpl.items():
+        shape, dtype = _leaf_info(leaf)
+        is_head = key.startswith("head/")
+        if is_head and head == "reset":
+            out[key] = np.zeros(shape, dtype)
+            report.reinitialized[key] = "new head, zero-initialised"
+            if key in params:
+                used.add(key)
+                report.dropped[key] = f"checkpoint head {tuple(params[key].shape)} replaced"
+            continue
+        if key == POSEMB and key in params:
+            used.add(key)
+            value = _fit_posemb(params[key], shape, tmpl, ckpt, report, grid=grid, image_size=image_size,
+                                source_grid=source_grid, align_corners=align_corners)
+            out[key] = leaf if value is None else value.astype(dtype)
+            if value is not None:
+                report.loaded.append(key)
+            continue
+        if key not in params:
+            if is_head and head == "auto":
+                out[key] = np.zeros(shape, dtype)
+                report.reinitialized[key] = "the checkpoint has no head: new head, zero-initialised"
+                continue
+            report.missing[key] = _why_missing(key, ckpt_depth, params)
+            out[key] = leaf
+            continue
+        used.add(key)
+        value = np.asarray(params[key])
+        if tuple(value.shape) != shape:
+            if is_head and head == "auto":
+                out[key] = np.zeros(shape, dtype)
+                report.reinitialized[key] = f"{_explain(key, value.shape, shape)}: new zero-initialised head"
+                report.dropped[key] = "checkpoint head replaced"
+                continue
+            report.mismatched[key] = _explain(key, value.shape, shape)
+            out[key] = leaf
+            continue
+        out[key] = value.astype(dtype)
+        report.loaded.append(key)
+
+    for key in params:
+        if key in used:
+            continue
+        if key.startswith("head/") and head != "keep":
+            report.dropped[key] = "checkpoint head not used (the model has no head)"
+        else:
+            report.unexpected[key] = _why_unexpected(key, ckpt_depth, model_depth, tmpl)
+
+    if strict and not report.ok:
+        raise PretrainedLoadError(
+            "checkpoint does not fit the model (pass strict=False to load what fits):\n" + report.summary(40), report)
+    return unflatten(out), report
+
+
+def _why_missing(key: str, ckpt_depth: int, params) -> str:
+    match = BLOCK_RE.match(key)
+    if match and int(match.group(1)) >= ckpt_depth:
+        return f"the checkpoint has {ckpt_depth} encoder blocks (depth)"
+    if key.startswith("pre_logits/"):
+        return "the checkpoint has no representation layer: build the model with representation_size=None"
+    if key.startswith("head/"):
+        return "the checkpoint has no head: pass head='reset' (or 'auto')"
+    if key == "cls":
+        return "the checkpoint has no CLS token (a GAP model): build the model with pool='gap'"
+    return "not in the checkpoint"
+
+
+def _why_unexpected(key: str, ckpt_depth: int, model_depth: int, tmpl) -> str:
+    match = BLOCK_RE.match(key)
+    if match and int(match.group(1)) >= model_depth:
+        return f"the checkpoint has {ckpt_depth} encoder blocks, the model {model_depth} (depth)"
+    if key.startswith("pre_logits/"):
+        return ("the model has no representation layer (representation_size=None): pass "
+                "drop_representation=True to drop it")
+    if key.startswith("head/"):
+        return "the model has no head (num_classes=0)"
+    if key == "cls":
+        return "the model has no CLS token (pool='gap'); build it with pool='cls' to use it"
+    return "no parameter of this name in the model"
+
+
+def _fit_posemb(value, shape, tmpl, ckpt: Converted, report: LoadReport, *, grid, image_size, source_grid,
+                align_corners):
+    """The checkpoint's position table fitted to the template's (1, T, D); None if it cannot."""
+    value = np.asarray(value)
+    if value.ndim == 2:
+        value = value[None]
+    if value.shape[-1] != shape[-1]:
+        report.mismatched[POSEMB] = _explain(POSEMB, value.shape, shape) + ": width differs"
+        return None
+    model_prefix = 1 if "cls" in tmpl else 0
+    ckpt_prefix = ckpt.posemb_prefix if ckpt.posemb_prefix is not None else 0
+    if source_grid is not None:
+        source_grid = tuple(int(s) for s in source_grid)
+        ckpt_prefix = value.shape[1] - source_grid[0] * source_grid[1]
+        if ckpt_prefix not in (0, 1):
+            report.mismatched[POSEMB] = (f"checkpoint has {value.shape[1]} entries, source_grid={source_grid} "
+                                         f"explains {source_grid[0] * source_grid[1]} of them")
+            return None
+    n_old = value.shape[1] - ckpt_prefix
+    n_new = shape[1] - model_prefix
+    if image_size is not None and grid is None:
+        ph, pw = tmpl["embedding/kernel"].shape[:2]
+        h, w = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
+        grid = (h // ph, w // pw)
+    if grid is not None:
+        grid = tuple(int(g) for g in grid)
+        if grid[0] * grid[1] != n_new:
+            report.mismatched[POSEMB] = (f"grid {grid} has {grid[0] * grid[1]} patches, the model's position "
+                                         f"embedding {n_new} (+{model_prefix} CLS)")
+            return None
+    patches = value[:, ckpt_prefix:]
+    try:
+        old = source_grid or (None if (n_old == n_new and grid is None) else square_grid(n_old, "the checkpoint's position embedding"))
+        new = grid or (None if old is None else square_grid(n_new, "the model's position embedding"))
+    except ValueError as err:
+        report.mismatched[POSEMB] = str(err)
+        return None
+    if old is not None and tuple(old) != tuple(new):
+        patches = resample_pos_embedding(patches, new, num_prefix=0, old_grid=old, align_corners=align_corners)
+        report.adapted[POSEMB] = (f"resampled {old[0]}x{old[1]} -> {new[0]}x{new[1]} patches (bilinear, "
+                                  f"{'corner' if align_corners else 'centre'}-aligned), CLS entry kept aside")
+    if model_prefix:
+        if ckpt_prefix:
+            prefix = value[:, :1]
+        else:
+            prefix = np.zeros((1, 1, value.shape[-1]), value.dtype)
+            report.adapted.setdefault(POSEMB, "")
+            note = "zero CLS entry (the checkpoint adds position embeddings before the CLS token: exact)"
+            report.adapted[POSEMB] = "; ".join(s for s in (report.adapted[POSEMB], note) if s)
+        patches = np.concatenate([prefix, patches], axis=1)
+    elif ckpt_prefix:
+        note = "CLS entry dropped (the model has no CLS token)"
+        report.adapted[POSEMB] = "; ".join(s for s in (report.adapted.get(POSEMB, ""), note) if s)
+    return patches
+
+
+def merge_params(fresh: Mapping, loaded: Mapping):
+    """`loaded` where it holds arrays, `fresh` where it holds ShapeDtypeStructs (entries
+    `load_pretrained(strict=False)` left to the model's initialisation)."""
+    fresh_flat, loaded_flat = flatten(fresh), flatten(loaded)
+    out = {}
+    for key, value in fresh_flat.items():
+        candidate = loaded_flat.get(key)
+        out[key] = value if candidate is None or not hasattr(candidate, "__array__") else candidate
+    return unflatten(out)

@@ -1,0 +1,96 @@
+"""End-to-end: the experiment scripts, run as a user runs them, on tiny settings."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VIT = [
+    "--config.total_steps=6", "--config.global_batch_size=32", "--config.log_every=2", "--config.eval_every=3",
+    "--config.checkpoint_every=3", "--config.optim.warmup_steps=2", "--config.model.width=16",
+    "--config.model.depth=1", "--config.model.mlp_dim=32", "--config.model.num_heads=2",
+    "--config.data.train_split=train[:1024]", "--config.data.eval_split=test[:256]", "--config.progress=false",
+]
+
+
+def run_script(script, workdir, *args, check=True):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--workdir", str(workdir), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory, tfds_data_dir):
+    workdir = tmp_path_factory.mktemp("vit")
+    run_script("vit_fashion_mnist.py", workdir, *TINY_VIT, f"--config.data.data_dir={tfds_data_dir}")
+    return workdir
+
+
+def test_vit_experiment_writes_every_output(vit_run):
+    results = json.loads((vit_run / "results.json").read_text())
+    for key in ("test_accuracy", "steps", "wall_seconds", "train_images_per_second"):
+        assert key in results
+    assert results["steps"] == 6 and 0.0 <= results["test_accuracy"] <= 1.0
+    records = [json.loads(x) for x in (vit_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in r for r in records) and any("test/accuracy" in r for r in records)
+    assert list((vit_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (vit_run / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+    assert (vit_run / "plots" / "loss.png").stat().st_size > 0
+    assert (vit_run / "plots" / "accuracy.png").stat().st_size > 0
+    config = json.loads((vit_run / "config.json").read_text())
+    assert config["model"]["width"] == 16 and config["total_steps"] == 6
+    assert json.loads((vit_run / "run.json").read_text())["backend"] == "cpu"
+
+
+def test_finished_run_resumes_without_training_again(vit_run):
+    before = (vit_run / "metrics.jsonl").read_text()
+    proc = run_script("vit_fashion_mnist.py", vit_run, *TINY_VIT)
+    assert "Resuming from the checkpoint at step 6" in proc.stderr
+    assert json.loads((vit_run / "results.json").read_text())["resumed_from_step"] == 6
+    # Only the final evaluation is written again; no training step is repeated.
+    after = (vit_run / "metrics.jsonl").read_text()
+    assert [json.loads(x) for x in after.splitlines() if "train/loss" in x] == \
+           [json.loads(x) for x in before.splitlines() if "train/loss" in x]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.variant=Q/16", "Unknown ViT variant|variant"),
+    ("--config.total_steps=many", "expects an int"),
+    ("--config.modle.width=3", "Unknown config field 'modle'"),
+    ("--config.data.dataset=no_such_dataset_xyz", "Unknown tfds dataset"),
+    ("--config.model.patch_size=5", "Unknown config field 'patch_size'"),
+])
+def test_bad_configuration_is_a_clear_error(tmp_path, override, message):
+    proc = run_script("vit_fashion_mnist.py", tmp_path / "run", *TINY_VIT, override, check=False)
+    assert proc.returncode != 0
+    import re
+
+    assert re.search(message, proc.stderr), proc.stderr[-2000:]
+
+
+def test_dcgan_experiment_writes_every_output(vit_run, tmp_path, tfds_data_dir):
+    workdir = tmp_path / "gan"
+    run_script(
+        "dcgan_fashion_mnist.py", workdir, "--config.total_steps=4", "--config.global_batch_size=16",
+        "--config.log_every=2", "--config.sample_every=2", "--config.checkpoint_every=2",
+        "--config.model.g_width=8", "--config.model.d_width=8", "--config.model.latent_dim=8",
+        "--config.num_samples_grid=16", f"--config.fd.classifier_workdir={vit_run}", "--config.fd.num_samples=64",
+        "--config.data.train_split=train[:512]", f"--config.data.data_dir={tfds_data_dir}", "--config.progress=false",
+    )
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["steps"] == 4
+    assert results["fd_vit_ema_samples"] > 0 and results["fd_vit_real_test_floor"] >= 0
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = {k for r in records for k in r}
+    assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"} <= logged
+    assert sorted(p.name for p in (workdir / "samples").iterdir()) == ["samples_0000002.png", "samples_0000004.png"]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "plots" / "loss.png").is_file() and (workdir / "plots" / "discriminator.png").is_file()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
