@@ -10,6 +10,7 @@ of the wrong type are refused before anything runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jaxvision import config as config_lib
@@ -28,6 +29,8 @@ def parse(argv, get_config, presets=("default",), description: str | None = None
                         help="Multi-host: host:port of process 0 (or set JAX_COORDINATOR_ADDRESS).")
     parser.add_argument("--num-processes", type=int, default=None, help="Multi-host: number of processes.")
     parser.add_argument("--process-id", type=int, default=None, help="Multi-host: this process's index.")
+    parser.add_argument("--deterministic-gpu", action="store_true",
+                        help="Run-to-run identical GPU results (XLA deterministic ops; slower, no autotuning).")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -43,4 +46,17 @@ def parse(argv, get_config, presets=("default",), description: str | None = None
 
         print(json.dumps(config_lib.to_dict(cfg), indent=2))
         sys.exit(0)
+    if args.deterministic_gpu:
+        enable_gpu_determinism()
+    from jaxvision.train import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     return cfg, args
+
+
+def enable_gpu_determinism():
+    """XLA's deterministic GPU ops: bit-identical reruns on GPU, at a speed cost (it also
+    turns autotuning off, so never benchmark with it). Must run before JAX starts."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()

@@ -84,6 +84,9 @@ class Generator(nn.Module):
     width: int = 64
     num_classes: int | None = None
     dtype: Any = jnp.float32
+    # Under pmap, the mapped axis name: BatchNorm then averages its batch statistics over
+    # all devices, so per-device batches train like one global batch (as under jit).
+    axis_name: str | None = None
 
     @nn.compact
     def __call__(self, z, labels=None, *, train: bool):
@@ -102,7 +105,8 @@ class Generator(nn.Module):
 
         # PyTorch momentum 0.1 == flax momentum 0.9; eps 1e-5 as in the paper's code.
         bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                       epsilon=1e-5, dtype=self.dtype, name=name)
+                                       epsilon=1e-5, dtype=self.dtype, name=name,
+                                       axis_name=self.axis_name if train else None)
         ch = self.width * 2 ** (n - 1)
         # No bias before BatchNorm: BN's own offset makes it redundant.
         x = nn.Dense(base * base * ch, use_bias=False, kernel_init=_dcgan_init,

@@ -17,7 +17,7 @@ import optax
 
 from jaxvision import config as config_lib
 from jaxvision.losses import GAN_LOSSES, gradient_penalty, r1_penalty
-from jaxvision.train import loop
+from jaxvision.train import loop, parallel
 from jaxvision.train import state as state_lib
 from jaxvision.train.plots import save_image_grid
 
@@ -85,23 +85,27 @@ class GANConfig:
     num_samples_grid: int = 64
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    parallel: str = "mesh"  # "mesh" (jit + NamedSharding) or "pmap"
     progress: bool = True
 
 
-def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_classes: int | None):
+def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_classes: int | None,
+                   axis_name: str | None = None):
     from jaxvision.models import Discriminator, Generator
 
     classes = num_classes if cfg.conditional else None
     return (
         Generator(image_size=image_size, channels=channels, latent_dim=cfg.latent_dim, width=cfg.g_width,
-                  num_classes=classes),
+                  num_classes=classes, axis_name=axis_name),
         Discriminator(image_size=image_size, channels=channels, width=cfg.d_width, num_classes=classes,
                       spectral_norm=cfg.spectral_norm),
     )
 
 
 def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, conditional: bool = False,
-              hooks=()) -> loop.Task:
+              hooks=(), axis_name: str | None = None) -> loop.Task:
+    """`axis_name`: set by the pmap form (G must be built with the same one, for its
+    BatchNorm); gradients are then averaged over that axis."""
     if cfg.loss not in GAN_LOSSES:
         raise config_lib.ConfigError(f"Unknown GAN loss {cfg.loss!r}; choose one of {sorted(GAN_LOSSES)}.")
     d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
@@ -148,7 +152,7 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
 
     def d_step(state, real, y, rng):
         z_rng, gp_rng = jax.random.split(rng)
-        z = jax.random.normal(z_rng, (real.shape[0], latent))
+        z = noise(z_rng, real.shape[0])
         fake, g_stats = generate(state.params[G], state.model_state[G], z, y, train=True)
         fake = jax.lax.stop_gradient(fake)
 
@@ -165,6 +169,7 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
 
         (loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params[D])
+        grads = _mean_over(grads, axis_name)
         updates, d_opt = d_tx.update(grads, state.opt_state[D], state.params[D])
         state = state.replace(
             params={**state.params, D: optax.apply_updates(state.params[D], updates)},
@@ -178,7 +183,7 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
         }
 
     def g_step(state, batch_size, y, rng):
-        z = jax.random.normal(rng, (batch_size, latent))
+        z = noise(rng, batch_size)
 
         def loss_fn(g_params):
             fake, g_stats = generate(g_params, state.model_state[G], z, y, train=True)
@@ -186,6 +191,7 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
             return g_loss_fn(logits), g_stats
 
         (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[G])
+        grads = _mean_over(grads, axis_name)
         updates, g_opt = g_tx.update(grads, state.opt_state[G], state.params[G])
         g_params = optax.apply_updates(state.params[G], updates)
         # EMA with a warm-up (as TF's ExponentialMovingAverage with num_updates): early
@@ -200,6 +206,15 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
         )
         return state, {"g_loss": loss}
 
+    def noise(rng, batch_size):
+        """z for this step. Under pmap, every device draws the global batch's noise and
+        keeps its own slice, so both parallel forms train on the same z."""
+        if axis_name is None:
+            return jax.random.normal(rng, (batch_size, latent))
+        devices = jax.lax.psum(1, axis_name)
+        z = jax.random.normal(rng, (devices * batch_size, latent))
+        return jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(axis_name) * batch_size, batch_size)
+
     def train_step(state, batch):
         images, y = batch["image"], labels_of(batch)
         n = images.shape[0] // cfg.n_critic
@@ -211,6 +226,10 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
         return state.replace(step=state.step + 1), {**metrics, **g_metrics}
 
     return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks))
+
+
+def _mean_over(grads, axis_name):
+    return grads if axis_name is None else jax.lax.pmean(grads, axis_name)
 
 
 def sample(generator, state, z, labels=None, *, ema: bool = True):
@@ -249,7 +268,8 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         )
     image_shape = (size, size, c)
     num_classes = info.num_classes if cfg.model.conditional else None
-    generator, discriminator = build_networks(cfg.model, size, c, num_classes)
+    form = parallel.make(cfg.parallel)
+    generator, discriminator = build_networks(cfg.model, size, c, num_classes, axis_name=form.axis_name)
     sample_fn = jax.jit(lambda state, z, y: sample(generator, state, z, y))
     grid_rows = num_classes or int(np.ceil(np.sqrt(cfg.num_samples_grid)))
     z_grid, y_grid = fixed_noise(cfg.seed, cfg.num_samples_grid, cfg.model.latent_dim, num_classes)
@@ -265,7 +285,7 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         return None
 
     task = make_task(generator, discriminator, cfg.optim, image_shape=image_shape,
-                     conditional=cfg.model.conditional, hooks=[samples_hook])
+                     conditional=cfg.model.conditional, hooks=[samples_hook], axis_name=form.axis_name)
     read_batch = cfg.global_batch_size * cfg.optim.n_critic
 
     def train_data(start_step):
@@ -277,6 +297,7 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         task, workdir=workdir, train_data=train_data, total_steps=cfg.total_steps, global_batch_size=read_batch,
         seed=cfg.seed, log_every=cfg.log_every, eval_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints, config=config_lib.to_dict(cfg), progress=cfg.progress,
+        parallel_form=form,
     )
     return results
 

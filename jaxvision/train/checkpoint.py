@@ -83,5 +83,13 @@ def load_params(workdir, step: int | None = None, *, collection: str = "params")
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        # Restore onto this process's first device, whatever mesh wrote the checkpoint
+        # (a run on 8 GPUs loads for inference on a laptop).
+        tree = ocp.StandardCheckpointer().metadata(directory.absolute() / str(step) / "state").item_metadata
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(tree[collection]))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={collection: target}, restore_args=jax.tree_util.tree_map(
+                lambda t: ocp.ArrayRestoreArgs(sharding=device), {collection: target}), partial_restore=True)))
     return restored["state"][collection]

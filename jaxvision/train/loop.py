@@ -101,21 +101,15 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _abstract_with_shardings(abstract, shardings):
-    return jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-
-
 def _mean_metrics(sums: dict, count: int) -> dict:
     return {k: float(v) / count for k, v in jax.device_get(sums).items()}
 
 
-def evaluate(eval_fn, state, batches: Iterable, mesh, prefix: str) -> dict:
+def evaluate(eval_fn, state, batches: Iterable, form, prefix: str) -> dict:
     """Sum a task's eval metrics over every batch, then divide by the example count."""
     totals = None
     for batch in batches:
-        sums = eval_fn(state, parallel.global_batch(batch, mesh))
+        sums = eval_fn(state, form.put_batch(batch))
         totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop("count"))
@@ -136,49 +130,54 @@ def train(
     eval_every: int = 0,
     checkpoint_every: int = 500,
     keep_checkpoints: int = 3,
+    parallel_form="mesh",
     fsdp: bool = False,
     config: dict | None = None,
     progress: bool = True,
-    mesh=None,
 ) -> dict:
     """Train `task` to `total_steps`, resuming from `workdir` if it holds a checkpoint.
 
     `train_data(start_step)` returns this process's batches from `start_step` on, so a
     resumed run continues with exactly the data an uninterrupted run would have seen.
+    `parallel_form`: "mesh" (jit + NamedSharding), "pmap", or a strategy object from
+    `jaxvision.train.parallel.make`; the task must be built with its `axis_name`.
     Returns the results dict also written to `workdir/results.json`.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir).absolute()
     primary = jax.process_index() == 0
     _check_workdir(workdir)
-    mesh = mesh or parallel.make_mesh()
-    parallel.check_global_batch(global_batch_size, mesh)
+    form = parallel.make(parallel_form, fsdp=fsdp) if isinstance(parallel_form, str) else parallel_form
+    form.check_batch(global_batch_size)
 
     with _workdir_lock(workdir, primary), _Preemption() as preemption:
         rng = jax.random.PRNGKey(seed)
         abstract = jax.eval_shape(task.init, rng)
-        shardings = parallel.state_shardings(abstract, mesh, fsdp=fsdp)
+        form.prepare(abstract)
         checkpointer = Checkpointer(workdir / "checkpoints", save_every=checkpoint_every, keep=keep_checkpoints)
-        restored = checkpointer.restore(_abstract_with_shardings(abstract, shardings))
+        restored = checkpointer.restore(form.restore_target(abstract))
         if restored is None:
-            state = jax.jit(task.init, out_shardings=shardings)(rng)
+            state = form.init(task.init, rng)
             start_step = 0
         else:
             state, _, start_step = restored
+            state = form.from_checkpoint(state)
             print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}", file=sys.stderr)
 
         writer = MetricWriter(workdir, enabled=primary, resume_step=start_step)
         if primary:
-            _write_run_info(workdir, config, mesh, start_step)
-        step_fn = parallel.jit_train_step(task.train_step, mesh, shardings)
-        eval_fn = parallel.jit_eval_step(task.eval_step, mesh, shardings) if task.eval_step else None
+            _write_run_info(workdir, config, form, start_step)
+        step_fn = form.compile_step(task.train_step)
+        eval_fn = form.compile_eval(task.eval_step) if task.eval_step else None
 
         def run_eval(step, state):
             metrics = {}
             if eval_fn is not None and eval_data is not None:
-                metrics.update(evaluate(eval_fn, state, eval_data(), mesh, eval_prefix))
-            for hook in task.hooks:
-                metrics.update(hook(step, state) or {})
+                metrics.update(evaluate(eval_fn, state, eval_data(), form, eval_prefix))
+            if task.hooks:
+                host = form.host_state(state)
+                for hook in task.hooks:
+                    metrics.update(hook(step, host) or {})
             if metrics:
                 writer.write(step, metrics)
             return metrics
@@ -191,8 +190,8 @@ def train(
         step = start_step
         try:
             while step < total_steps:
-                batch = parallel.global_batch(next(data), mesh)
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, form.put_batch(next(data)))
+                metrics = form.metrics(metrics)
                 step += 1
                 sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
                 n_sum += 1
@@ -225,7 +224,7 @@ def train(
                 if eval_due:
                     last_eval = run_eval(step, state) or last_eval
                 if save_due:
-                    checkpointer.save(step, state, {"step": step}, force=True)
+                    checkpointer.save(step, form.host_state(state), {"step": step}, force=True)
                     last_good = step
                 if eval_due or save_due:  # keep evaluation and saving out of img/s
                     t_interval = time.perf_counter()
@@ -259,12 +258,13 @@ def _progress(start, total, enabled):
                 mininterval=1.0, file=sys.stderr)
 
 
-def _write_run_info(workdir: Path, config: dict | None, mesh, start_step: int) -> None:
+def _write_run_info(workdir: Path, config: dict | None, form, start_step: int) -> None:
     info = {
         "command": " ".join(sys.argv),
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
-        "devices": [str(d) for d in mesh.devices.flat],
+        "parallel": form.name,
+        "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(),
         "resumed_from_step": start_step,
     }
