@@ -1,5 +1,9 @@
 """Evaluation metrics. They take arrays (features, logits), never a model class: the
-feature function that produced them is the caller's choice."""
+feature function that produced them is the caller's choice.
+
+The pytorch-fid protocol (images -> FID-Inception features -> FID / IS / KID, reference
+statistics cache) is ``jaxvision.metrics.fid``; its command line is
+``python -m jaxvision.metrics.cli`` with image sources in ``jaxvision.metrics.sources``."""
 
 from jaxvision.metrics.frechet import (
     feature_statistics,

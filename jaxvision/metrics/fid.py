@@ -35,7 +35,6 @@ import json
 import os
 import re
 import warnings
-import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -207,18 +206,17 @@ class FeatureSet:
         return cls(mu, sigma, n, pool, logits, meta)
 
 
-# One jitted function per FeatureNet, shared by all its extractors (one compile per shape).
-_JITTED: "weakref.WeakKeyDictionary[FeatureNet, Callable]" = weakref.WeakKeyDictionary()
-
-
 def _jitted_forward(net: FeatureNet):
-    fn = _JITTED.get(net)
+    """The jitted preprocess + network of ``net``, kept on the net itself: every
+    extractor of one net shares it (one compile per input shape and dtype)."""
+    fn = net.__dict__.get("_jitted_forward")
     if fn is None:
         def forward(variables, images, value_range):
             out = net.apply(variables, preprocess(images, net.input_size, value_range))
             return {"pool": out["pool"], "logits": out["logits"]}
 
-        fn = _JITTED[net] = jax.jit(forward, static_argnames=("value_range",))
+        fn = jax.jit(forward, static_argnames=("value_range",))
+        object.__setattr__(net, "_jitted_forward", fn)  # frozen dataclass: not a field, a cache
     return fn
 
 

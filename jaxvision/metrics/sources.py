@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -110,8 +111,6 @@ def _npz_source(path: str, ctx: SourceContext) -> FeatureSet:
     fs = FeatureSet.load(path)
     net = fs.meta.get("net")
     if net is not None and ctx._extractor is not None and net != ctx._extractor.net.name:
-        import warnings
-
         warnings.warn(f"{path} was computed with network {net}, not {ctx._extractor.net.name}", stacklevel=2)
     if ctx.num_images is not None and fs.pool is not None and fs.pool.shape[0] > ctx.num_images:
         lg = fs.logits[: ctx.num_images] if fs.logits is not None else None

@@ -2,3 +2,4 @@
 
 from jaxvision.models.vit import VARIANTS, ViT, parse_variant  # noqa: F401
 from jaxvision.models.dcgan import Discriminator, Generator  # noqa: F401
+from jaxvision.models.inception import FIDInceptionV3  # noqa: F401

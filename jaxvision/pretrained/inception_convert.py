@@ -13,6 +13,7 @@ $JAXVISION_CACHE_DIR/fid_inception_v3.npz), where the FID tools look by default.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jaxvision.pretrained import inception
@@ -32,8 +33,6 @@ def main(argv=None) -> int:
     try:
         if not str(args.pth).endswith(".pth") and not str(args.pth).endswith(".pt"):
             parser.error(f"{args.pth}: expected pytorch-fid's .pth weight file")
-        import os
-
         if not os.path.isfile(args.pth):
             print(inception.missing_weights_message(args.pth), file=sys.stderr)
             return 2
