@@ -10,7 +10,7 @@ import optax
 
 from jaxvision import config as config_lib
 from jaxvision.losses.classification import softmax_cross_entropy, topk_correct
-from jaxvision.train import loop, optim
+from jaxvision.train import loop, optim, parallel
 from jaxvision.train import state as state_lib
 from jaxvision.train.grad import accumulated_value_and_grad
 
@@ -79,7 +79,8 @@ class ClassificationConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    fsdp: bool = False
+    parallel: str = "mesh"  # "mesh" (jit + NamedSharding) or "pmap"
+    fsdp: bool = False  # mesh only: shard large parameters and optimizer state
     progress: bool = True
 
 
@@ -122,11 +123,12 @@ def build_optimizer(cfg: OptimConfig, total_steps: int, frozen_mask=None, lr_mul
 
 
 def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: float = 0.0,
-              micro_batches: int = 1, init_params=None) -> loop.Task:
+              micro_batches: int = 1, init_params=None, axis_name: str | None = None) -> loop.Task:
     """Pure init / train / eval functions for `model` (returns (logits, intermediates)).
 
     `init_params(rng, params) -> params` lets fine-tuning replace freshly initialised
     weights with pretrained ones inside `init`, so resume and sharding stay the loop's job.
+    `axis_name`: set by the pmap form; gradients are then averaged over that axis.
     """
 
     def init(rng):
@@ -138,6 +140,8 @@ def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: fl
 
     def train_step(state, batch):
         rng = state.step_rng()
+        if axis_name is not None:  # distinct dropout masks on each device's slice
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
         def loss_fn(params, micro):
             logits, _ = model.apply({"params": params}, micro["image"], train=True, rngs={"dropout": rng})
@@ -146,6 +150,8 @@ def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: fl
             return loss, {"accuracy": accuracy}
 
         (loss, aux), grads = accumulated_value_and_grad(loss_fn, state.params, batch, micro_batches)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.tree_utils.tree_norm(grads)}
@@ -183,9 +189,10 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
     num_classes = len(cfg.data.classes) if cfg.data.classes else info.num_classes
     model = build_model(cfg.model, num_classes)
     tx, lr = build_optimizer(cfg.optim, cfg.total_steps, frozen_mask, lr_multipliers)
+    form = parallel.make(cfg.parallel, fsdp=cfg.fsdp)
     task = make_task(model, tx, image_shape=image_shape, learning_rate=lr,
                      label_smoothing=cfg.optim.label_smoothing, micro_batches=cfg.micro_batches,
-                     init_params=init_params)
+                     init_params=init_params, axis_name=form.axis_name)
 
     def train_data(start_step):
         return data.train_iterator(
@@ -214,7 +221,7 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
         eval_every=cfg.eval_every,
         checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints,
-        fsdp=cfg.fsdp,
+        parallel_form=form,
         config=config_lib.to_dict(cfg),
         progress=cfg.progress,
     )
@@ -228,9 +235,10 @@ def feature_fn_from_run(workdir):
 
     from jaxvision.train import load_params
 
-    cfg = config_lib.from_dict(ClassificationConfig, json.loads((Path(workdir) / "config.json").read_text()))
+    # Only the model section matters (fine-tune runs add sections of their own).
+    model_cfg = config_lib.from_dict(ModelConfig, json.loads((Path(workdir) / "config.json").read_text())["model"])
     params = load_params(workdir)
-    model = build_model(cfg.model, num_classes=params["head"]["kernel"].shape[-1])
+    model = build_model(model_cfg, num_classes=params["head"]["kernel"].shape[-1])
 
     @jax.jit
     def features(images):

@@ -45,6 +45,14 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+# 128 + SIGTERM: what a process killed by SIGTERM reports, so schedulers requeue the job.
+PREEMPTED_EXIT_CODE = 143
+
+
+class Preempted(SystemExit):
+    """Raised after SIGTERM once the checkpoint is saved; exits with code 143."""
+
+
 def _check_workdir(workdir: Path) -> None:
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -229,9 +237,10 @@ def train(
                 if eval_due or save_due:  # keep evaluation and saving out of img/s
                     t_interval = time.perf_counter()
                 if preemption.requested:
+                    checkpointer.wait()
                     print(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume.",
                           file=sys.stderr)
-                    break
+                    raise Preempted(PREEMPTED_EXIT_CODE)
         finally:
             bar.close()
             checkpointer.close()

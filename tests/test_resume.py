@@ -1,0 +1,99 @@
+"""Preemption and crashes: a run killed at a random step (SIGKILL) or preempted
+(SIGTERM) and restarted in the same workdir ends bit-identical to one never stopped."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxvision.train import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--config.log_every=1", "--config.checkpoint_every=2", "--config.progress=false"]
+VIT = ["vit_fashion_mnist.py", "--config.total_steps=10", "--config.global_batch_size=32",
+       "--config.optim.warmup_steps=2", "--config.model.width=16", "--config.model.depth=1",
+       "--config.model.mlp_dim=32", "--config.model.num_heads=2", "--config.model.dropout=0.1",
+       "--config.data.train_split=train[:2048]", "--config.data.eval_split=test[:64]",
+       "--config.data.augment=pad_crop_flip", "--config.eval_every=0"]
+GAN = ["dcgan_fashion_mnist.py", "--config.total_steps=10", "--config.global_batch_size=16",
+       "--config.model.g_width=8", "--config.model.d_width=8", "--config.model.latent_dim=8",
+       "--config.num_samples_grid=4", "--config.sample_every=5", "--config.fd.num_samples=0",
+       "--config.data.train_split=train[:2048]"]
+
+
+def command(args, workdir, data_dir):
+    script, *rest = args
+    return [sys.executable, str(ROOT / "experiments" / script), "--workdir", str(workdir), *rest, *COMMON,
+            f"--config.data.data_dir={data_dir}"]
+
+
+def run(args, workdir, data_dir):
+    proc = subprocess.run(command(args, workdir, data_dir), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def interrupt(args, workdir, data_dir, sig, at_step):
+    """Start a run, send `sig` once it has logged step `at_step`, wait for it to die."""
+    proc = subprocess.Popen(command(args, workdir, data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    log = Path(workdir) / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and any(json.loads(x)["step"] >= at_step for x in log.read_text().splitlines() if x):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def train_log(workdir):
+    records = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records if "train/loss" in r]
+
+
+def assert_identical(a, b):
+    pa, pb = load_params(a), load_params(b)
+    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert train_log(a) == train_log(b)
+
+
+@pytest.fixture(scope="module")
+def straight_vit(tmp_path_factory, tfds_data_dir):
+    workdir = tmp_path_factory.mktemp("vit_straight")
+    run(VIT, workdir, tfds_data_dir)
+    return workdir
+
+
+@pytest.mark.parametrize("args", [VIT, GAN], ids=["vit", "gan"])
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(args, tmp_path, tfds_data_dir, request):
+    straight = request.getfixturevalue("straight_vit") if args is VIT else tmp_path / "straight"
+    if args is GAN:
+        run(GAN, straight, tfds_data_dir)
+    at = random.Random().randint(2, 8)
+    code, err = interrupt(args, tmp_path / "killed", tfds_data_dir, signal.SIGKILL, at)
+    assert code == -signal.SIGKILL, f"run ended before the kill at step {at}: {err[-2000:]}"
+    proc = run(args, tmp_path / "killed", tfds_data_dir)
+    assert "Resuming from the checkpoint" in proc.stderr, f"killed at step {at}"
+    assert_identical(straight, tmp_path / "killed")
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes_bit_identical(straight_vit, tmp_path, tfds_data_dir):
+    code, err = interrupt(VIT, tmp_path / "preempted", tfds_data_dir, signal.SIGTERM, 3)
+    assert code == 143, err[-2000:]
+    saved = int(err.split("saved a checkpoint at step ")[1].split(";")[0])
+    assert (tmp_path / "preempted" / "checkpoints" / str(saved)).is_dir()
+    proc = run(VIT, tmp_path / "preempted", tfds_data_dir)
+    assert f"Resuming from the checkpoint at step {saved}" in proc.stderr
+    assert_identical(straight_vit, tmp_path / "preempted")
