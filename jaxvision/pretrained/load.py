@@ -99,12 +99,26 @@ class LoadReport:
 
 
 def _group(entries: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Collapse per-block entries with the same reason: encoderblock_{0..11}/..."""
+    """Collapse entries: a whole block with one reason becomes encoderblock_3/* (16 entries),
+    and the same entry/reason across blocks becomes encoderblock_{0..11}/..."""
+    per_block: dict[tuple[str, str], list[str]] = {}
+    for name, why in entries.items():
+        match = re.match(r"^Transformer/encoderblock_(\d+)/", name)
+        if match:
+            per_block.setdefault((match.group(1), why), []).append(name)
+    collapsed: dict[str, str] = {}
+    for name, why in entries.items():
+        match = re.match(r"^Transformer/encoderblock_(\d+)/", name)
+        members = per_block.get((match.group(1), why), []) if match else []
+        if len(members) >= 4:
+            collapsed[f"Transformer/encoderblock_{match.group(1)}/* ({len(members)} entries)"] = why
+        else:
+            collapsed[name] = why
     groups: dict[tuple[str, str], list[int]] = {}
     order = []
-    for name, why in entries.items():
+    for name, why in collapsed.items():
         match = re.match(r"^(Transformer/encoderblock_)(\d+)(/.*)$", name)
-        key = (f"{match.group(1)}*{match.group(3)}", why) if match else (name, why)
+        key = (f"{match.group(1)}{{#}}{match.group(3)}", why) if match else (name, why)
         if key not in groups:
             groups[key] = []
             order.append(key)
@@ -114,9 +128,9 @@ def _group(entries: Mapping[str, str]) -> list[tuple[str, str]]:
     for name, why in order:
         blocks = groups[(name, why)]
         if len(blocks) > 1:
-            name = name.replace("*", "{" + _ranges(sorted(blocks)) + "}")
+            name = name.replace("{#}", "{" + _ranges(sorted(blocks)) + "}")
         elif blocks:
-            name = name.replace("*", str(blocks[0]))
+            name = name.replace("{#}", str(blocks[0]))
         out.append((name, why))
     return out
 
@@ -478,12 +492,14 @@ def _fit_posemb(value, shape, tmpl, ckpt: Converted, report: LoadReport, *, grid
                                          f"embedding {n_new} (+{model_prefix} CLS)")
             return None
     patches = value[:, ckpt_prefix:]
-    try:
-        old = source_grid or (None if (n_old == n_new and grid is None) else square_grid(n_old, "the checkpoint's position embedding"))
-        new = grid or (None if old is None else square_grid(n_new, "the model's position embedding"))
-    except ValueError as err:
-        report.mismatched[POSEMB] = str(err)
-        return None
+    old = new = None  # the same number of patches and no grid given: the same grid, kept as is
+    if grid is not None or n_old != n_new:
+        try:
+            old = source_grid or square_grid(n_old, "the checkpoint's position embedding")
+            new = grid or square_grid(n_new, "the model's position embedding")
+        except ValueError as err:
+            report.mismatched[POSEMB] = str(err)
+            return None
     if old is not None and tuple(old) != tuple(new):
         patches = resample_pos_embedding(patches, new, num_prefix=0, old_grid=old, align_corners=align_corners)
         report.adapted[POSEMB] = (f"resampled {old[0]}x{old[1]} -> {new[0]}x{new[1]} patches (bilinear, "
