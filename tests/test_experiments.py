@@ -94,3 +94,31 @@ def test_dcgan_experiment_writes_every_output(vit_run, tmp_path, tfds_data_dir):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "plots" / "loss.png").is_file() and (workdir / "plots" / "discriminator.png").is_file()
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+
+
+def test_fid_command_line_reads_our_gan_checkpoint(tmp_path, vit_run, tfds_data_dir):
+    """`checkpoint:WORKDIR` is a source of the FID command line (tiny stand-in network)."""
+    import numpy as np
+
+    from jaxvision.metrics import cli, fid, sources
+    from jaxvision.tasks import gan
+
+    workdir = tmp_path / "gan"
+    run_script("dcgan_fashion_mnist.py", workdir, "--config.total_steps=2", "--config.global_batch_size=8",
+               "--config.model.g_width=8", "--config.model.d_width=8", "--config.model.latent_dim=8",
+               "--config.num_samples_grid=4", "--config.fd.num_samples=0", "--config.fd.fid_samples=0",
+               "--config.data.train_split=train[:64]", f"--config.data.data_dir={tfds_data_dir}",
+               "--config.progress=false")
+    sample_fn, state, cfg, _ = gan.load_generator(workdir)
+    assert cfg.model.image_size == 28
+
+    def mean_pixel_net():
+        return fid.FeatureNet(apply=lambda variables, x: {"pool": x.mean(axis=(1, 2)), "logits": x[:, 0, 0]},
+                              variables={},
+                              name="mean-pixel", input_size=32)
+
+    gan.register_checkpoint_source()
+    ctx = sources.SourceContext(net_factory=mean_pixel_net, num_images=16, batch_size=8)
+    features = sources.resolve(f"checkpoint:{workdir}", ctx)
+    assert features.mu.shape == (3,) and np.isfinite(features.mu).all()
+    assert cli  # the CLI registers the same scheme at start-up

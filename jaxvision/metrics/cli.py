@@ -6,8 +6,8 @@
 
 A SOURCE is a folder of images (PNG/JPEG/...), a ``.npz`` of statistics or features
 (ours or pytorch-fid's), ``tfds:NAME[:SPLIT]`` (e.g. ``tfds:cifar10:train``; the
-statistics are cached under ~/.cache/jaxvision/fid_stats), or a scheme registered in
-``jaxvision.metrics.sources.SOURCES``.
+statistics are cached under ~/.cache/jaxvision/fid_stats), ``checkpoint:WORKDIR`` (EMA
+samples of one of our GAN runs), or a scheme registered in ``jaxvision.metrics.sources.SOURCES``.
 
 Weights: pytorch-fid's FID-Inception, converted once to .npz with
 ``python -m jaxvision.pretrained.inception_convert pt_inception-2015-12-05-6726825d.pth``
@@ -132,6 +132,9 @@ def main(argv=None, net_factory=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from jaxvision.pretrained.inception import WeightsNotFoundError
+    from jaxvision.tasks.gan import register_checkpoint_source
+
+    register_checkpoint_source()  # `checkpoint:WORKDIR`: samples of one of our GAN runs
 
     try:
         result = run(args, net_factory)

@@ -8,6 +8,7 @@ moving average of G's weights, updated inside the jitted step (not in host Pytho
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import jax
@@ -69,6 +70,9 @@ class FDConfig:
     classifier_steps: int = 1000  # only used when the classifier must be trained first
     num_samples: int = 10_000
     every: int = 0  # 0: at the end only
+    # FID (pytorch-fid protocol) at the end, when the FID-Inception weights are present
+    # (jaxvision.pretrained.inception); 0 turns it off. Slow on CPU (a few img/s).
+    fid_samples: int = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +271,8 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
             f"images of 28, 32 or 64 px: use a dataset of that size or set model.image_size to {h}."
         )
     image_shape = (size, size, c)
+    # Recorded in config.json, so the run's generator can be rebuilt from it alone.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_size=size))
     num_classes = info.num_classes if cfg.model.conditional else None
     form = parallel.make(cfg.parallel)
     generator, discriminator = build_networks(cfg.model, size, c, num_classes, axis_name=form.axis_name)
@@ -280,9 +286,12 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         images = jax.device_get(sample_fn(state, z_grid, y_grid))
         if primary:
             save_image_grid(images, workdir / "samples" / f"samples_{step:07d}.png", nrow=grid_rows)
+        metrics = {}
         if fd is not None and (step == cfg.total_steps or (cfg.fd.every and step % cfg.fd.every == 0)):
-            return fd(state)
-        return None
+            metrics.update(fd(state))
+        if step == cfg.total_steps and cfg.fd.fid_samples:
+            metrics.update(fid_of_samples(cfg, sample_fn, state, num_classes))
+        return metrics
 
     task = make_task(generator, discriminator, cfg.optim, image_shape=image_shape,
                      conditional=cfg.model.conditional, hooks=[samples_hook], axis_name=form.axis_name)
@@ -300,6 +309,70 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         parallel_form=form,
     )
     return results
+
+
+def sample_batches(sample_fn, state, *, num_images: int, batch_size: int, seed: int, latent_dim: int,
+                   num_classes: int | None):
+    """EMA samples for evaluation, on noise of their own (not the grid's), class-balanced."""
+    for i in range(0, num_images, batch_size):
+        z, y = fixed_noise(seed + 1 + i, batch_size, latent_dim, num_classes)
+        yield sample_fn(state, z, y)
+
+
+def fid_of_samples(cfg: GANConfig, sample_fn, state, num_classes) -> dict:
+    """FID (and IS) of EMA samples against the training split, pytorch-fid protocol, when
+    the FID-Inception weights are installed; otherwise nothing (said once on stderr)."""
+    from jaxvision.metrics import sources
+    from jaxvision.metrics.fid import compute_metrics, default_stats_cache_dir
+    from jaxvision.pretrained.inception import default_weights_path, fid_inception
+
+    if not default_weights_path().is_file():
+        print(f"FID skipped: no FID-Inception weights at {default_weights_path()} "
+              "(see README: FID, Inception Score and KID).", file=sys.stderr)
+        return {}
+    n = cfg.fd.fid_samples
+    ctx = sources.SourceContext(net_factory=fid_inception, num_images=n, need_features=True,
+                                cache_dir=default_stats_cache_dir(), data_dir=cfg.data.data_dir)
+    real = sources.resolve(f"tfds:{cfg.data.dataset}:{cfg.data.train_split}", ctx)
+    fake = ctx.extract(sample_batches(sample_fn, state, num_images=n, batch_size=ctx.batch_size, seed=cfg.seed,
+                                      latent_dim=cfg.model.latent_dim, num_classes=num_classes),
+                       value_range=(-1.0, 1.0), num_images=n)
+    result = compute_metrics(fake, real, ("fid", "is"))
+    return {f"fid/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def load_generator(workdir):
+    """The generator of a GAN run (its config.json and newest checkpoint) as a jitted
+    `sample_fn(state, z, labels)` plus the state and config to call it with."""
+    import json
+
+    from jaxvision.train import load_params
+
+    raw = json.loads((Path(workdir) / "config.json").read_text())
+    cfg = config_lib.from_dict(GANConfig, raw)
+    ema = load_params(workdir, collection="extra")["ema"]
+    batch_stats = load_params(workdir, collection="model_state")[G]
+    channels = ema["to_image"]["kernel"].shape[-1]
+    num_classes = ema["label_embed"]["embedding"].shape[0] if "label_embed" in ema else None
+    generator, _ = build_networks(cfg.model, cfg.model.image_size, channels, num_classes)
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={}, rng=jnp.zeros(2, jnp.uint32),
+                                 model_state={G: batch_stats}, extra={"ema": ema})
+    return jax.jit(lambda st, z, y: sample(generator, st, z, y)), state, cfg, num_classes
+
+
+def _checkpoint_source(rest: str, ctx) -> "FeatureSet":  # noqa: F821 - jaxvision.metrics.fid.FeatureSet
+    """`checkpoint:WORKDIR` for the FID command line: EMA samples of a GAN run of ours."""
+    sample_fn, state, cfg, num_classes = load_generator(rest)
+    n = ctx.num_images or 10_000
+    batches = sample_batches(sample_fn, state, num_images=n, batch_size=ctx.batch_size, seed=cfg.seed,
+                             latent_dim=cfg.model.latent_dim, num_classes=num_classes)
+    return ctx.extract(batches, value_range=(-1.0, 1.0), num_images=n, meta={"source": f"checkpoint:{rest}"})
+
+
+def register_checkpoint_source():
+    from jaxvision.metrics import sources
+
+    sources.register_source("checkpoint", _checkpoint_source)
 
 
 class _FDEvaluator:
@@ -342,11 +415,10 @@ class _FDEvaluator:
         self.floor = frechet_distance(*self.train_stats, *feature_statistics(real_features(cfg.data.eval_split)))
 
     def __call__(self, state) -> dict:
-        n, batch, latent = self.cfg.fd.num_samples, 500, self.cfg.model.latent_dim
-        feats = []
-        for i in range(0, n, batch):
-            z, y = fixed_noise(self.cfg.seed + 1 + i, batch, latent, self.num_classes)
-            feats.append(np.asarray(self.features(quantize(self.sample_fn(state, z, y)))))
+        n = self.cfg.fd.num_samples
+        feats = [np.asarray(self.features(quantize(images))) for images in sample_batches(
+            self.sample_fn, state, num_images=n, batch_size=500, seed=self.cfg.seed,
+            latent_dim=self.cfg.model.latent_dim, num_classes=self.num_classes)]
         fake_stats = self._stats(np.concatenate(feats)[:n])
         return {"fd_vit/ema_samples": self._fd(*self.train_stats, *fake_stats),
                 "fd_vit/real_test_floor": self.floor}
