@@ -31,4 +31,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 # 3. The standard tfds `fashion_mnist` dataset, prepared once (about 30 s).
-.venv/bin/python -m jaxvision.data.prepare fashion_mnist
+.venv/bin/python -c "from jaxvision.data import ensure_prepared; ensure_prepared('fashion_mnist')"

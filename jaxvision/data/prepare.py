@@ -115,10 +115,3 @@ def ensure_prepared(name: str, data_dir: str | None = None, *, download: bool = 
         raise RuntimeError(f"Could not prepare tfds dataset {name!r}: {err}\n{fixes}.") from err
     return builder
 
-
-if __name__ == "__main__":
-    import sys
-
-    for dataset in sys.argv[1:] or ["fashion_mnist"]:
-        prepared = ensure_prepared(dataset)
-        print(f"{dataset}: prepared in {prepared.data_dir}")
