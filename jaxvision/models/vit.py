@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxvision.attention import dot_product_attention
 
-__all__ = ["VARIANTS", "ViT", "parse_variant"]
+__all__ = ["VARIANTS", "ViT", "parse_variant", "stack_encoder_blocks", "unstack_encoder_blocks"]
 
 # (width, depth, mlp_dim, num_heads) of the standard sizes (ViT paper, DeiT for Ti).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -83,9 +83,13 @@ def _compatible_sizes(size: int, patch: int) -> str:
     return " or ".join(str(s) for s in options)
 
 
-def _drop_path(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
-    """Stochastic depth: drop a residual branch for whole examples (scaled by 1/keep)."""
-    if not train or rate == 0.0:
+def _drop_path(module: nn.Module, x: jax.Array, rate, train: bool) -> jax.Array:
+    """Stochastic depth: drop a residual branch for whole examples (scaled by 1/keep).
+
+    `rate` is a Python float, or a traced scalar when the blocks are scanned (each layer's
+    rate is then an element of the scanned input).
+    """
+    if not train or (isinstance(rate, (int, float)) and rate == 0.0):
         return x
     keep_prob = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -181,7 +185,12 @@ class Encoder1DBlock(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False):
+    def __call__(self, x, train: bool = False, return_attention_weights: bool = False,
+                 drop_path_rate=None):
+        # Positional arguments are accepted so that nn.remat can mark train /
+        # return_attention_weights static; `drop_path_rate` (a traced scalar) overrides the
+        # `drop_path` field when the blocks are scanned.
+        rate = self.drop_path if drop_path_rate is None else drop_path_rate
         norm = lambda name: nn.LayerNorm(  # noqa: E731
             name=name, dtype=self.dtype, param_dtype=self.param_dtype
         )
@@ -195,7 +204,7 @@ class Encoder1DBlock(nn.Module):
             name="MultiHeadDotProductAttention_1",
         )(y, train=train, return_weights=return_attention_weights)
         y = nn.Dropout(self.dropout)(y, deterministic=not train)
-        x = x + _drop_path(self, y, self.drop_path, train)
+        x = x + _drop_path(self, y, rate, train)
 
         y = norm("LayerNorm_2")(x)
         y = MlpBlock(
@@ -206,7 +215,19 @@ class Encoder1DBlock(nn.Module):
             param_dtype=self.param_dtype,
             name="MlpBlock_3",
         )(y, train=train)
-        return x + _drop_path(self, y, self.drop_path, train), weights
+        return x + _drop_path(self, y, rate, train), weights
+
+
+class _ScannedEncoderBlock(Encoder1DBlock):
+    """`Encoder1DBlock` as an `nn.scan` body: (x, rate) -> (x, (x, attention weights)).
+
+    Same parameters and computation as `Encoder1DBlock`; the per-layer drop-path rate is the
+    scanned input and each block's output is a scanned output (for the intermediates).
+    """
+
+    def __call__(self, x, drop_path_rate, train, return_attention_weights):
+        x, weights = super().__call__(x, train, return_attention_weights, drop_path_rate)
+        return x, (x, weights)
 
 
 class AddPositionEmbs(nn.Module):
@@ -248,30 +269,67 @@ class Transformer(nn.Module):
     gelu_approximate: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat: bool = False
+
+    def _block_kwargs(self) -> dict[str, Any]:
+        return dict(
+            mlp_dim=self.mlp_dim,
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            attention_implementation=self.attention_implementation,
+            gelu_approximate=self.gelu_approximate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def _rate(self, i: int) -> float:
+        # Drop-path rate grows linearly from 0 (first block) to stochastic_depth (last).
+        return self.stochastic_depth * i / max(self.depth - 1, 1)
 
     @nn.compact
     def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False):
         intermediates: dict[str, jax.Array] = {}
         x = AddPositionEmbs(param_dtype=self.param_dtype, name="posembed_input")(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        for i in range(self.depth):
-            # Drop-path rate grows linearly from 0 (first block) to stochastic_depth (last).
-            rate = self.stochastic_depth * i / max(self.depth - 1, 1)
-            x, weights = Encoder1DBlock(
-                mlp_dim=self.mlp_dim,
-                num_heads=self.num_heads,
-                dropout=self.dropout,
-                attention_dropout=self.attention_dropout,
-                drop_path=rate,
-                attention_implementation=self.attention_implementation,
-                gelu_approximate=self.gelu_approximate,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"encoderblock_{i}",
-            )(x, train=train, return_attention_weights=return_attention_weights)
-            intermediates[f"encoder_block_{i}"] = x
-            if return_attention_weights:
-                intermediates[f"attention_weights_{i}"] = weights
+        if self.scan_layers:
+            # One block traced and compiled once, its parameters stacked along a leading
+            # depth axis under "encoderblock" (see stack_encoder_blocks). Dropout masks
+            # differ from the unrolled form's (per-layer split keys).
+            block = _ScannedEncoderBlock
+            if self.remat:
+                # self=0, x=1, rate=2: train and return_attention_weights are static.
+                block = nn.remat(block, static_argnums=(3, 4), prevent_cse=False)
+            varying_rate = train and self.stochastic_depth > 0.0
+            rates = (jnp.asarray([self._rate(i) for i in range(self.depth)], jnp.float32)
+                     if varying_rate else 0.0)
+            scanned = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0 if varying_rate else nn.broadcast, nn.broadcast, nn.broadcast),
+                length=self.depth,
+            )
+            x, (outputs, weights) = scanned(**self._block_kwargs(), name="encoderblock")(
+                x, rates, train, return_attention_weights
+            )
+            for i in range(self.depth):
+                intermediates[f"encoder_block_{i}"] = outputs[i]
+                if return_attention_weights:
+                    intermediates[f"attention_weights_{i}"] = weights[i]
+        else:
+            block = Encoder1DBlock
+            if self.remat:
+                # self=0, x=1: train and return_attention_weights are static.
+                block = nn.remat(block, static_argnums=(2, 3))
+            for i in range(self.depth):
+                x, weights = block(
+                    **self._block_kwargs(), drop_path=self._rate(i), name=f"encoderblock_{i}"
+                )(x, train, return_attention_weights)
+                intermediates[f"encoder_block_{i}"] = x
+                if return_attention_weights:
+                    intermediates[f"attention_weights_{i}"] = weights
         x = nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x, intermediates
 
@@ -303,6 +361,14 @@ class ViT(nn.Module):
       gelu_approximate: tanh-approximate GELU in the MLP (True: flax's default, as the official
         and big_vision checkpoints were trained) or exact erf GELU (False: timm / PyTorch
         ``nn.GELU``; set it for weights imported from timm).
+      scan_layers: run the encoder blocks with ``nn.scan`` (one block compiled once: compile
+        time no longer grows with depth). Parameters are then stacked along a leading depth
+        axis under ``Transformer/encoderblock``; `unstack_encoder_blocks` /
+        `stack_encoder_blocks` convert to and from the official per-block layout, so
+        checkpoints stay interchangeable. Dropout / stochastic-depth masks differ from the
+        unrolled form's (same distribution, other random draws).
+      remat: rematerialise each encoder block (``nn.remat``): its activations are recomputed
+        in the backward pass instead of stored. Same results, less memory, more compute.
 
     Call ``model.apply(variables, images, train=..., rngs={"dropout": key})``; the rng is only
     needed when ``train=True`` and some dropout/stochastic-depth rate is > 0.
@@ -325,6 +391,8 @@ class ViT(nn.Module):
     attention_implementation: str | None = None
     head_zero_init: bool = True
     gelu_approximate: bool = True
+    scan_layers: bool = False
+    remat: bool = False
 
     def resolved_config(self) -> dict[str, Any]:
         """The effective width/depth/mlp_dim/num_heads/patch_size after overrides."""
@@ -409,6 +477,8 @@ class ViT(nn.Module):
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            scan_layers=self.scan_layers,
+            remat=self.remat,
             name="Transformer",
         )(x, train=train, return_attention_weights=return_attention_weights)
         intermediates.update(block_outputs)
@@ -438,3 +508,96 @@ class ViT(nn.Module):
             )(x)
         # float32 logits: softmax/cross-entropy on bf16 logits loses precision.
         return x.astype(jnp.float32), intermediates
+
+
+# --- Parameter layouts: per-block (official names) <-> stacked (scan_layers=True) ---------
+
+_BLOCK_KEY = re.compile(r"^encoderblock_(\d+)$")
+_STACKED_KEY = "encoderblock"
+
+
+def _is_array(x) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _stack_leaves(*leaves):
+    if all(_is_array(leaf) for leaf in leaves):
+        if all(isinstance(leaf, np.ndarray) for leaf in leaves):
+            return np.stack(leaves)
+        return jnp.stack(leaves)
+    return leaves[0]  # None / optax.MaskedNode placeholders: the same in every block
+
+
+def _map_block_dicts(tree, fn):
+    """Apply `fn` to every dict in `tree` (through dicts, lists, tuples, namedtuples and
+    dataclasses such as TrainState / optax states), innermost first."""
+    import dataclasses
+
+    if isinstance(tree, dict) or (hasattr(tree, "items") and hasattr(tree, "keys")):
+        return fn({k: _map_block_dicts(v, fn) for k, v in tree.items()})
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple (optax states)
+        return type(tree)(*(_map_block_dicts(v, fn) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_map_block_dicts(v, fn) for v in tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        changes = {f.name: _map_block_dicts(getattr(tree, f.name), fn)
+                   for f in dataclasses.fields(tree) if f.init}
+        return dataclasses.replace(tree, **changes)
+    return tree
+
+
+def stack_encoder_blocks(tree):
+    """Per-block layout -> the stacked layout of ``ViT(scan_layers=True)``.
+
+    Every dict holding ``encoderblock_0 .. encoderblock_{n-1}`` gets one ``encoderblock``
+    entry instead, whose leaves are the blocks' leaves stacked along a new leading axis.
+    Works on ``params`` and on anything that mirrors them (a TrainState, optimizer moments),
+    so a checkpoint of either form can be loaded into the other. Exact: no value changes.
+    """
+    import jax.tree_util as jtu
+
+    def fn(d):
+        indices = sorted(int(m.group(1)) for k in d if (m := _BLOCK_KEY.match(str(k))))
+        if not indices:
+            return d
+        if indices != list(range(len(indices))):
+            raise ValueError(f"encoder blocks {indices} are not numbered 0..{len(indices) - 1}")
+        if _STACKED_KEY in d:
+            raise ValueError("found both per-block 'encoderblock_i' and stacked 'encoderblock' entries")
+        blocks = [d[f"encoderblock_{i}"] for i in indices]
+        structure = jtu.tree_structure(blocks[0], is_leaf=lambda x: x is None)
+        for i, block in enumerate(blocks[1:], 1):
+            if jtu.tree_structure(block, is_leaf=lambda x: x is None) != structure:
+                raise ValueError(f"encoderblock_{i} differs in structure from encoderblock_0")
+        stacked = jtu.tree_map(_stack_leaves, *blocks, is_leaf=lambda x: x is None)
+        out = {k: v for k, v in d.items() if not _BLOCK_KEY.match(str(k))}
+        out[_STACKED_KEY] = stacked
+        return out
+
+    return _map_block_dicts(tree, fn)
+
+
+def unstack_encoder_blocks(tree):
+    """The stacked layout of ``ViT(scan_layers=True)`` -> per-block official names.
+
+    Inverse of `stack_encoder_blocks`: an ``encoderblock`` entry with leaves of leading size
+    ``depth`` becomes ``encoderblock_0 .. encoderblock_{depth-1}``. Exact.
+    """
+    import jax.tree_util as jtu
+
+    def fn(d):
+        if _STACKED_KEY not in d or not hasattr(d[_STACKED_KEY], "items"):
+            return d
+        stacked = d[_STACKED_KEY]
+        depths = {leaf.shape[0] for leaf in jtu.tree_leaves(stacked) if _is_array(leaf)}
+        if len(depths) != 1:
+            raise ValueError(f"stacked encoder block leaves disagree on the depth axis: {sorted(depths)}")
+        (depth,) = depths
+        out = {k: v for k, v in d.items() if k != _STACKED_KEY}
+        for i in range(depth):
+            out[f"encoderblock_{i}"] = jtu.tree_map(
+                lambda leaf, i=i: leaf[i] if _is_array(leaf) else leaf, stacked,
+                is_leaf=lambda x: x is None)
+        return out
+
+    return _map_block_dicts(tree, fn)

@@ -33,6 +33,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_implementation: str | None = None
     gelu_approximate: bool = True  # False: exact GELU, for weights imported from timm
+    scan_layers: bool = False  # nn.scan over the blocks (stacked params; see models.vit)
+    remat: bool = False  # recompute block activations in the backward pass (less memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,8 @@ def build_model(cfg: ModelConfig, num_classes: int):
         dtype=DTYPES[cfg.dtype],
         attention_implementation=cfg.attention_implementation,
         gelu_approximate=cfg.gelu_approximate,
+        scan_layers=cfg.scan_layers,
+        remat=cfg.remat,
     )
 
 
@@ -143,13 +147,16 @@ def make_task(model, tx, *, image_shape, learning_rate=None, label_smoothing: fl
         if axis_name is not None:  # distinct dropout masks on each device's slice
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-        def loss_fn(params, micro):
-            logits, _ = model.apply({"params": params}, micro["image"], train=True, rngs={"dropout": rng})
+        def loss_fn(params, micro, index):
+            # Each micro-batch draws its own dropout / drop-path masks (one batch: unchanged key).
+            key = rng if micro_batches == 1 else jax.random.fold_in(rng, index)
+            logits, _ = model.apply({"params": params}, micro["image"], train=True, rngs={"dropout": key})
             loss = softmax_cross_entropy(logits, micro["label"], label_smoothing=label_smoothing).mean()
             accuracy = topk_correct(logits, micro["label"], 1).mean()
             return loss, {"accuracy": accuracy}
 
-        (loss, aux), grads = accumulated_value_and_grad(loss_fn, state.params, batch, micro_batches)
+        (loss, aux), grads = accumulated_value_and_grad(loss_fn, state.params, batch, micro_batches,
+                                                        with_index=True)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -28,6 +28,7 @@ from jaxvision.train import parallel
 from jaxvision.train.checkpoint import Checkpointer
 from jaxvision.train.logging import MetricWriter, read_metrics
 from jaxvision.train.plots import plot_metrics
+from jaxvision.train.prefetch import prefetch
 from jaxvision.train.state import TrainState
 
 
@@ -142,6 +143,7 @@ def train(
     fsdp: bool = False,
     config: dict | None = None,
     progress: bool = True,
+    prefetch_batches: int = 2,
 ) -> dict:
     """Train `task` to `total_steps`, resuming from `workdir` if it holds a checkpoint.
 
@@ -149,6 +151,7 @@ def train(
     resumed run continues with exactly the data an uninterrupted run would have seen.
     `parallel_form`: "mesh" (jit + NamedSharding), "pmap", or a strategy object from
     `jaxvision.train.parallel.make`; the task must be built with its `axis_name`.
+    `prefetch_batches`: batches put on the devices ahead of the running step (0: none).
     Returns the results dict also written to `workdir/results.json`.
     """
     t_start = time.perf_counter()
@@ -190,7 +193,7 @@ def train(
                 writer.write(step, metrics)
             return metrics
 
-        data = train_data(start_step)
+        data = prefetch(train_data(start_step), form.put_batch, prefetch_batches)
         bar = _progress(start_step, total_steps, enabled=progress and primary)
         sums, n_sum, last_good = None, 0, start_step
         timed_images, timed_seconds, t_interval = 0, 0.0, None
@@ -198,7 +201,7 @@ def train(
         step = start_step
         try:
             while step < total_steps:
-                state, metrics = step_fn(state, form.put_batch(next(data)))
+                state, metrics = step_fn(state, next(data))
                 metrics = form.metrics(metrics)
                 step += 1
                 sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)

@@ -1,0 +1,71 @@
+"""Every benchmark runs end to end on tiny shapes and writes its JSON.
+
+Not timed: the numbers mean nothing at these sizes. The PyTorch peer runs where this Python
+has torch (the peers venv), and is reported as skipped otherwise.
+"""
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import fid_features, gan, input_pipeline, vit
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+FAST = ["--steps", "1", "--rounds", "1", "--min-burst-seconds", "0"]
+
+
+def check_peer(result, peer="peer"):
+    if HAS_TORCH:
+        assert result[peer]["best"] > 0
+        assert result["ratio_jaxvision_over_peer"] > 0
+    else:
+        assert "not installed" in result[f"{peer}_threads1"]["skipped"]
+        assert result["ratio_jaxvision_over_peer"] is None
+
+
+def test_vit_benchmark(tmp_path):
+    out = tmp_path / "vit.json"
+    vit.main(["--preset", "tiny", "--mode", "both", "--threads", "1", *FAST, "--out", str(out)])
+    result = json.loads(out.read_text())
+    for mode in ("train", "infer"):
+        ours = result[mode]["jaxvision"]
+        assert ours["best"] > 0 and ours["unit"] == "img/s" and ours["peak_rss_bytes"] > 0
+        assert ours["achieved_tflops"] > 0 and ours["mfu"] is None  # no known peak on a CPU
+        check_peer(result[mode])
+    assert result["forward_gflops_per_image"] == pytest.approx(vit.forward_flops(vit.preset_config("tiny")) / 1e9)
+
+
+def test_vit_flops_match_the_reference_anchor():
+    cfg = dict(vit.preset_config("b16"), pool="cls")
+    assert vit.forward_flops(cfg) / 1e9 == pytest.approx(35.1, abs=0.1)  # REFERENCE.md: ViT-B/16
+
+
+def test_gan_benchmark(tmp_path):
+    out = tmp_path / "gan.json"
+    gan.main(["--preset", "tiny", "--threads", "1", "--steps-per-dispatch", "2", *FAST, "--out", str(out)])
+    result = json.loads(out.read_text())["train"]
+    assert result["jaxvision"]["best"] > 0 and result["jaxvision"]["unit"] == "it/s"
+    assert result["jaxvision"]["items_per_call"] == 2  # two iterations per dispatch
+    check_peer(result)
+
+
+def test_input_pipeline_benchmark(tmp_path, tfds_data_dir):
+    out = tmp_path / "pipeline.json"
+    tiny_model = json.dumps(dict(width=16, depth=1, mlp_dim=32, num_heads=2))
+    input_pipeline.main(["--batch-size", "16", "--micro-batches", "2", "--model", tiny_model,
+                         "--data-dir", tfds_data_dir, *FAST, "--out", str(out)])
+    result = json.loads(out.read_text())["results"]
+    for side in ("pipeline", "train_synthetic", "train_fed"):
+        assert result[side]["best"] > 0
+    assert result["pipeline_over_training"]["pipeline"] > 0
+
+
+def test_fid_features_benchmark(tmp_path):
+    out = tmp_path / "fid.json"
+    fid_features.main(["--num-images", "2", "--batch-size", "2", "--image-size", "8", "--repeats", "1",
+                       "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["jaxvision"]["img_per_s"] > 0
+    if importlib.util.find_spec("pytorch_fid") is None or not HAS_TORCH:
+        assert "skipped" in result["pytorch_fid"]
