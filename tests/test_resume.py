@@ -42,14 +42,22 @@ def run(args, workdir, data_dir):
     return proc
 
 
+def finished_checkpoints(workdir):
+    # orbax renames "<step>.orbax-checkpoint-tmp-*" to "<step>" once a save is complete.
+    folder = Path(workdir) / "checkpoints"
+    return [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+
+
 def interrupt(args, workdir, data_dir, sig, at_step):
-    """Start a run, send `sig` once it has logged step `at_step`, wait for it to die."""
+    """Start a run, send `sig` once it has logged step `at_step` and finished a checkpoint
+    (so the restart has one to resume from), wait for it to die."""
     proc = subprocess.Popen(command(args, workdir, data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     log = Path(workdir) / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and any(json.loads(x)["step"] >= at_step for x in log.read_text().splitlines() if x):
+        if log.exists() and finished_checkpoints(workdir) and any(
+                json.loads(x)["step"] >= at_step for x in log.read_text().splitlines() if x):
             proc.send_signal(sig)
             break
         time.sleep(0.05)

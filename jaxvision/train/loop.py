@@ -235,12 +235,17 @@ def train(
                 if eval_due:
                     last_eval = run_eval(step, state) or last_eval
                 if save_due:
+                    if preemption.requested:
+                        checkpointer.wait()  # let a save still in flight finish first
                     checkpointer.save(step, form.host_state(state), {"step": step}, force=True)
                     last_good = step
                 if eval_due or save_due:  # keep evaluation and saving out of img/s
                     t_interval = time.perf_counter()
                 if preemption.requested:
                     checkpointer.wait()
+                    if step not in checkpointer.all_steps():
+                        raise RuntimeError(f"SIGTERM: the checkpoint at step {step} was not written; "
+                                           f"the newest one is {checkpointer.all_steps()[-1:]}.")
                     print(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume.",
                           file=sys.stderr)
                     raise Preempted(PREEMPTED_EXIT_CODE)
