@@ -20,7 +20,6 @@ the test suite.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -146,3 +146,16 @@ def test_prefetch_keeps_order_and_raises_errors_on_their_own_step():
     with pytest.raises(KeyboardInterrupt, match="batch 4"):
         next(it)  # raised when batch 4 is asked for, not while batch 2 was being consumed
     assert list(prefetch(iter(range(3)), size=0)) == [0, 1, 2]
+
+
+def test_pipeline_with_its_own_threads_gives_the_same_batches(tfds_data_dir):
+    from jaxvision import data
+
+    def first(threads):
+        it = data.train_iterator("fashion_mnist", global_batch_size=32, seed=3, data_dir=tfds_data_dir,
+                                 augment="flip", threads=threads)
+        return [next(it) for _ in range(2)]
+
+    for a, b in zip(first(None), first(1)):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
