@@ -16,28 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
 
 def _machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
-            "jax_devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()}
-    try:
-        info["affinity_cpus"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return info
+    return {**common.machine(), "jax": jax.__version__, "jax_devices": [str(d) for d in jax.devices()]}
 
 
 def bench_ours(images, batch_size, variables, repeats):
