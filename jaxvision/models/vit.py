@@ -25,6 +25,7 @@ This module knows nothing of data, training or checkpoints.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Sequence
 
@@ -45,6 +46,8 @@ VARIANTS: dict[str, dict[str, int]] = {
     "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
     "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
 }
+
+STEMS = ("patch", "conv", "spt")
 
 _VARIANT_RE = re.compile(r"^(?P<name>[A-Za-z]+)/(?P<ph>\d+)(?:x(?P<pw>\d+))?$")
 
@@ -108,6 +111,7 @@ class MultiHeadDotProductAttention(nn.Module):
     num_heads: int
     dropout_rate: float = 0.0
     implementation: str | None = None
+    locality: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -125,6 +129,15 @@ class MultiHeadDotProductAttention(nn.Module):
         q = dense("query", features=(self.num_heads, head_dim))(x)
         k = dense("key", features=(self.num_heads, head_dim))(x)
         v = dense("value", features=(self.num_heads, head_dim))(x)
+        mask = None
+        if self.locality:
+            # Locality self-attention (Lee et al. 2021): a learned softmax temperature
+            # (init sqrt(d_k), so training starts from standard attention) and no token
+            # attending to itself, which sharpens attention on small datasets.
+            temperature = self.param("temperature", nn.initializers.constant(head_dim**0.5), (),
+                                     self.param_dtype)
+            q = q * (head_dim**0.5 / temperature).astype(q.dtype)
+            mask = ~jnp.eye(x.shape[1], dtype=bool)[None, None]
 
         use_dropout = train and self.dropout_rate > 0.0
         # Weights only exist on the XLA path; asking for them overrides a cudnn choice.
@@ -133,6 +146,7 @@ class MultiHeadDotProductAttention(nn.Module):
             q,
             k,
             v,
+            mask=mask,
             implementation=implementation,
             return_weights=return_weights,
             dropout_rate=self.dropout_rate if use_dropout else 0.0,
@@ -180,6 +194,7 @@ class Encoder1DBlock(nn.Module):
     attention_dropout: float = 0.0
     drop_path: float = 0.0
     attention_implementation: str | None = None
+    locality_attention: bool = False
     gelu_approximate: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -199,6 +214,7 @@ class Encoder1DBlock(nn.Module):
             num_heads=self.num_heads,
             dropout_rate=self.attention_dropout,
             implementation=self.attention_implementation,
+            locality=self.locality_attention,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="MultiHeadDotProductAttention_1",
@@ -266,6 +282,7 @@ class Transformer(nn.Module):
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
     attention_implementation: str | None = None
+    locality_attention: bool = False
     gelu_approximate: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -279,6 +296,7 @@ class Transformer(nn.Module):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             attention_implementation=self.attention_implementation,
+            locality_attention=self.locality_attention,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -357,6 +375,17 @@ class ViT(nn.Module):
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
         Logits are returned as float32.
       attention_implementation: see `jaxvision.attention.dot_product_attention`.
+      stem: how images become tokens. ``"patch"``: the official linear patch embedding (a
+        conv with kernel = stride = patch). ``"conv"``: a convolutional stem (Xiao et al.
+        2021, "Early convolutions help transformers see better"): log2(patch) 3x3 stride-2
+        convs with LayerNorm + ReLU, channels doubling up to ``width / 2``... ``width``, then a
+        1x1 ``embedding``; the patch size must be a power of two. ``"spt"``: shifted patch
+        tokenization (Lee et al. 2021): the image and its four half-patch diagonal shifts,
+        patchified, LayerNorm, then a Dense ``embedding``. Both give the same token grid
+        as ``"patch"`` and help ViTs trained from scratch on small datasets.
+      locality_attention: locality self-attention (Lee et al. 2021): each attention layer
+        learns its softmax temperature (``temperature``, init sqrt(head_dim)) and masks
+        each token's attention to itself.
       head_zero_init: zero-initialise the head kernel (official ViT); else LeCun normal.
       gelu_approximate: tanh-approximate GELU in the MLP (True: flax's default, as the official
         and big_vision checkpoints were trained) or exact erf GELU (False: timm / PyTorch
@@ -389,6 +418,8 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_implementation: str | None = None
+    stem: str = "patch"
+    locality_attention: bool = False
     head_zero_init: bool = True
     gelu_approximate: bool = True
     scan_layers: bool = False
@@ -416,6 +447,8 @@ class ViT(nn.Module):
                 f"width {config['width']} is not divisible by num_heads {config['num_heads']}; "
                 "choose a width that is a multiple of num_heads"
             )
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
         for name in ("dropout", "attention_dropout", "stochastic_depth"):
@@ -449,15 +482,7 @@ class ViT(nn.Module):
                 )
 
         intermediates: dict[str, jax.Array] = {}
-        x = nn.Conv(
-            cfg["width"],
-            kernel_size=(ph, pw),
-            strides=(ph, pw),
-            padding="VALID",
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="embedding",
-        )(images)
+        x = self._embed(images, cfg["width"], ph, pw)
         batch, gh, gw, dim = x.shape
         x = x.reshape(batch, gh * gw, dim)
         intermediates["patch_embeddings"] = x
@@ -474,6 +499,7 @@ class ViT(nn.Module):
             attention_dropout=self.attention_dropout,
             stochastic_depth=self.stochastic_depth,
             attention_implementation=self.attention_implementation,
+            locality_attention=self.locality_attention,
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -508,6 +534,68 @@ class ViT(nn.Module):
             )(x)
         # float32 logits: softmax/cross-entropy on bf16 logits loses precision.
         return x.astype(jnp.float32), intermediates
+
+
+    def _embed(self, images, width: int, ph: int, pw: int):
+        """images [B, H, W, C] -> token grid [B, H/ph, W/pw, width], as `stem` says."""
+        conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.stem == "patch":
+            return conv(width, kernel_size=(ph, pw), strides=(ph, pw), padding="VALID", name="embedding")(images)
+        if self.stem == "spt":
+            x = jnp.concatenate([images] + [_shift(images, dy * (ph // 2), dx * (pw // 2))
+                                            for dy, dx in ((-1, -1), (-1, 1), (1, -1), (1, 1))], axis=-1)
+            b, h, w, c = x.shape
+            x = x.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
+            x = x.reshape(b, h // ph, w // pw, ph * pw * c)
+            x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="spt_norm")(x)
+            return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="embedding")(x)
+        # "conv": 3x3 stride-2 convs until the patch stride is reached, then a 1x1 projection.
+        if ph != pw or ph & (ph - 1) or ph < 2:
+            raise ValueError(
+                f"stem='conv' needs a square power-of-two patch size (2, 4, 8, 16, ...), got "
+                f"{ph}x{pw}: choose such a patch (e.g. variant 'Ti/4') or stem='patch'"
+            )
+        n = ph.bit_length() - 1
+        x = images
+        for i in range(n):
+            x = StridedConv3x3(max(width >> (n - 1 - i), 8), dtype=self.dtype, param_dtype=self.param_dtype,
+                               name=f"stem_conv_{i}")(x)
+            x = nn.relu(nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=f"stem_norm_{i}")(x))
+        return conv(width, kernel_size=(1, 1), name="embedding")(x)
+
+
+class StridedConv3x3(nn.Module):
+    """A 3x3, stride-2, padding-1 convolution computed as nine strided slices and one matmul.
+
+    Same parameters (``kernel`` HWIO (3, 3, C, F), ``bias``) and result as
+    ``nn.Conv(F, (3, 3), strides=2, padding=1)``; on CPU, XLA's convolution and its
+    gradient (a window-dilated convolution) run several times slower than this gather +
+    matmul, which matters for a conv stem on small images.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        ho, wo = (h + 1) // 2, (w + 1) // 2
+        padded = jnp.pad(x, ((0, 0), (1, 2 * ho - h), (1, 2 * wo - w), (0, 0)))
+        taps = [padded[:, dy: dy + 2 * ho: 2, dx: dx + 2 * wo: 2] for dy in range(3) for dx in range(3)]
+        patches = jnp.concatenate(taps, axis=-1).astype(self.dtype)  # [B, ho, wo, 9C], (dy, dx, c) order
+        y = patches @ kernel.reshape(9 * c, self.features).astype(self.dtype)
+        return y + bias.astype(self.dtype)
+
+
+def _shift(images, dy: int, dx: int):
+    """Translate [B, H, W, C] images by (dy, dx) pixels, filling with zeros (SPT's shifts)."""
+    _, h, w, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)))
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return padded[:, top: top + h, left: left + w]
 
 
 # --- Parameter layouts: per-block (official names) <-> stacked (scan_layers=True) ---------

@@ -32,6 +32,8 @@ class ModelConfig:
     stochastic_depth: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_implementation: str | None = None
+    stem: str = "patch"  # "patch" (official), "conv" or "spt": see models.vit.ViT
+    locality_attention: bool = False  # LSA (Lee et al. 2021): see models.vit.ViT
     gelu_approximate: bool = True  # False: exact GELU, for weights imported from timm
     scan_layers: bool = False  # nn.scan over the blocks (stacked params; see models.vit)
     remat: bool = False  # recompute block activations in the backward pass (less memory)
@@ -105,6 +107,8 @@ def build_model(cfg: ModelConfig, num_classes: int):
         stochastic_depth=cfg.stochastic_depth,
         dtype=DTYPES[cfg.dtype],
         attention_implementation=cfg.attention_implementation,
+        stem=cfg.stem,
+        locality_attention=cfg.locality_attention,
         gelu_approximate=cfg.gelu_approximate,
         scan_layers=cfg.scan_layers,
         remat=cfg.remat,

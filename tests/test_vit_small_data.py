@@ -1,0 +1,100 @@
+"""ViT options for small datasets: conv stem, shifted patch tokenization, locality attention.
+
+Each is checked against an independent computation: XLA's own convolution, and NumPy
+versions of the formulas in Xiao et al. 2021 and Lee et al. 2021.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision.models import ViT
+from jaxvision.models.vit import MultiHeadDotProductAttention, StridedConv3x3
+
+TINY = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4, pool="gap")
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (7, 3), (5, 2)])
+def test_strided_conv_equals_xla_convolution(size, channels):
+    x = jax.random.normal(jax.random.key(1), (2, size, size, channels))
+    ours = StridedConv3x3(8)
+    variables = ours.init(jax.random.key(0), x)
+    reference = nn.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))).apply(variables, x)
+    np.testing.assert_allclose(ours.apply(variables, x), reference, atol=1e-5)
+    # and its gradient, the reason it exists (XLA's conv gradient is the slow part on CPU)
+    grad = lambda m: jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(variables, x)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(nn.Conv(8, (3, 3), strides=(2, 2),
+                                                                             padding=((1, 1), (1, 1)))))):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def _numpy_layer_norm(x, scale, bias, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def test_shifted_patch_tokenization_matches_numpy():
+    model = ViT(num_classes=0, stem="spt", **TINY)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    _, inter = model.apply(variables, x)
+
+    def shift(img, dy, dx):  # out[y, x] = img[y - dy, x - dx], zeros outside
+        out = np.zeros_like(img)
+        h, w = img.shape[1:3]
+        out[:, max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
+            img[:, max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+        return out
+
+    stacked = np.concatenate([x] + [shift(x, dy, dx) for dy, dx in ((-2, -2), (-2, 2), (2, -2), (2, 2))], -1)
+    patches = np.stack([stacked[:, i * 4:(i + 1) * 4, j * 4:(j + 1) * 4].reshape(2, -1)
+                        for i in range(2) for j in range(2)], axis=1)  # [B, 4 patches, 4*4*5]
+    p = variables["params"]
+    normed = _numpy_layer_norm(patches, np.asarray(p["spt_norm"]["scale"]), np.asarray(p["spt_norm"]["bias"]))
+    expected = normed @ np.asarray(p["embedding"]["kernel"]) + np.asarray(p["embedding"]["bias"])
+    np.testing.assert_allclose(inter["patch_embeddings"], expected, atol=1e-5)
+
+
+def test_locality_attention_matches_numpy():
+    width, heads, tokens = 16, 2, 5
+    module = MultiHeadDotProductAttention(num_heads=heads, locality=True)
+    x = np.random.default_rng(1).normal(size=(2, tokens, width)).astype(np.float32)
+    variables = module.init(jax.random.key(0), x)
+    params = jax.tree.map(np.asarray, variables["params"])
+    assert params["temperature"] == pytest.approx(np.sqrt(width // heads))  # starts as plain attention
+    params["temperature"] = np.float32(1.7)
+    out, weights = module.apply({"params": params}, x, return_weights=True)
+
+    proj = lambda name: np.einsum("btd,dhk->bthk", x, params[name]["kernel"]) + params[name]["bias"]  # noqa: E731
+    q, k, v = proj("query"), proj("key"), proj("value")
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / 1.7
+    logits[:, :, np.arange(tokens), np.arange(tokens)] = -np.inf  # no token attends to itself
+    expected_weights = np.exp(logits - logits.max(-1, keepdims=True))
+    expected_weights /= expected_weights.sum(-1, keepdims=True)
+    mixed = np.einsum("bhqk,bkhd->bqhd", expected_weights, v)
+    expected = np.einsum("bqhd,hdo->bqo", mixed, params["out"]["kernel"]) + params["out"]["bias"]
+    np.testing.assert_allclose(weights, expected_weights, atol=1e-5)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_conv_stem_layout_and_token_grid():
+    model = ViT(num_classes=10, stem="conv", **TINY)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    p = variables["params"]
+    # log2(4) = 2 stride-2 convs, channels doubling up to width, then a 1x1 embedding
+    assert p["stem_conv_0"]["kernel"].shape == (3, 3, 1, 16)
+    assert p["stem_conv_1"]["kernel"].shape == (3, 3, 16, 32)
+    assert p["embedding"]["kernel"].shape == (1, 1, 32, 32)
+    _, inter = model.apply(variables, jnp.zeros((3, 28, 28, 1)))
+    assert inter["patch_embeddings"].shape == (3, 49, 32)
+
+
+def test_stem_errors_are_clear():
+    x = jnp.zeros((1, 24, 24, 1))
+    with pytest.raises(ValueError, match="power-of-two patch"):
+        ViT(num_classes=2, stem="conv", **dict(TINY, patch_size=6)).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        ViT(num_classes=2, stem="convolutional", **TINY).init(jax.random.key(0), x)
