@@ -122,3 +122,44 @@ def test_fid_command_line_reads_our_gan_checkpoint(tmp_path, vit_run, tfds_data_
     features = sources.resolve(f"checkpoint:{workdir}", ctx)
     assert features.mu.shape == (3,) and np.isfinite(features.mu).all()
     assert cli  # the CLI registers the same scheme at start-up
+
+
+def _write_idx(path, array):
+    import gzip
+
+    import numpy as np
+
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def test_recipe_sweep_runs_a_trial_on_idx_files(tmp_path):
+    """experiments/sweeps/vit_fashion_mnist_recipe.py: reads IDX files, trains, evaluates."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from experiments.sweeps import vit_fashion_mnist_recipe as sweep
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    arrays = {"train-images": rng.integers(0, 256, (256, 28, 28)), "train-labels": rng.integers(0, 10, 256),
+              "t10k-images": rng.integers(0, 256, (64, 28, 28)), "t10k-labels": rng.integers(0, 10, 64)}
+    for name, array in arrays.items():
+        _write_idx(data / f"{name}-idx{3 if 'images' in name else 1}-ubyte.gz", array)
+    x_train, y_train, x_test, y_test = sweep.load(data)
+    np.testing.assert_array_equal(x_train[..., 0], arrays["train-images"])
+    np.testing.assert_array_equal(y_test, arrays["t10k-labels"])
+
+    trials = [{"name": "tiny", "overrides": ["total_steps=4", "global_batch_size=32", "micro_batches=2",
+                                             "optim.warmup_steps=1", "model.depth=1", "model.width=16",
+                                             "model.mlp_dim=32", "model.num_heads=2"], "eval_at": [2]}]
+    (tmp_path / "trials.json").write_text(json.dumps(trials))
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "sweeps" / "vit_fashion_mnist_recipe.py"),
+                    "--data", str(data), "--trials", str(tmp_path / "trials.json"), "--out", str(tmp_path / "out")],
+                   check=True, capture_output=True, cwd=ROOT, timeout=300)
+    (result,) = [json.loads(line) for line in (tmp_path / "out" / "trials-0.jsonl").read_text().splitlines()]
+    assert "error" not in result, result
+    assert result["steps"] == 4 and [c["step"] for c in result["curve"]] == [2, 4]
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs"] == 4 * 32 / 256
