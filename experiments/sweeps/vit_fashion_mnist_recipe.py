@@ -64,7 +64,7 @@ def augment(key, images, name: str):
         return images
     flip_key, crop_key = jax.random.split(key)
     n, h, w, _ = images.shape
-    if name in ("pad_crop_flip",):
+    if name == "pad_crop_flip":
         padded = jnp.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
         offsets = jax.random.randint(crop_key, (n, 2), 0, 9)
         images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, images.shape[-1])))(

@@ -377,9 +377,9 @@ class ViT(nn.Module):
       attention_implementation: see `jaxvision.attention.dot_product_attention`.
       stem: how images become tokens. ``"patch"``: the official linear patch embedding (a
         conv with kernel = stride = patch). ``"conv"``: a convolutional stem (Xiao et al.
-        2021, "Early convolutions help transformers see better"): log2(patch) 3x3 stride-2
-        convs with LayerNorm + ReLU, channels doubling up to ``width / 2``... ``width``, then a
-        1x1 ``embedding``; the patch size must be a power of two. ``"spt"``: shifted patch
+        2021, "Early convolutions help transformers see better"): n = log2(patch) 3x3 stride-2
+        convs with LayerNorm + ReLU, channels doubling from ``width / 2**(n-1)`` (at least 8)
+        to ``width``, then a 1x1 ``embedding``; the patch size must be a power of two. ``"spt"``: shifted patch
         tokenization (Lee et al. 2021): the image and its four half-patch diagonal shifts,
         patchified, LayerNorm, then a Dense ``embedding``. Both give the same token grid
         as ``"patch"`` and help ViTs trained from scratch on small datasets.
@@ -449,6 +449,12 @@ class ViT(nn.Module):
             )
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        ph, pw = config["patch_size"]
+        if self.stem == "conv" and (ph != pw or ph & (ph - 1) or ph < 2):
+            raise ValueError(
+                f"stem='conv' needs a square power-of-two patch size (2, 4, 8, 16, ...), got "
+                f"{ph}x{pw}: choose such a patch (e.g. variant 'Ti/4') or stem='patch'"
+            )
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
         for name in ("dropout", "attention_dropout", "stochastic_depth"):
@@ -535,7 +541,6 @@ class ViT(nn.Module):
         # float32 logits: softmax/cross-entropy on bf16 logits loses precision.
         return x.astype(jnp.float32), intermediates
 
-
     def _embed(self, images, width: int, ph: int, pw: int):
         """images [B, H, W, C] -> token grid [B, H/ph, W/pw, width], as `stem` says."""
         conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -550,11 +555,6 @@ class ViT(nn.Module):
             x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="spt_norm")(x)
             return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="embedding")(x)
         # "conv": 3x3 stride-2 convs until the patch stride is reached, then a 1x1 projection.
-        if ph != pw or ph & (ph - 1) or ph < 2:
-            raise ValueError(
-                f"stem='conv' needs a square power-of-two patch size (2, 4, 8, 16, ...), got "
-                f"{ph}x{pw}: choose such a patch (e.g. variant 'Ti/4') or stem='patch'"
-            )
         n = ph.bit_length() - 1
         x = images
         for i in range(n):

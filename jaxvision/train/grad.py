@@ -14,7 +14,7 @@ def accumulated_value_and_grad(loss_fn, params, batch: dict, micro_batches: int 
     mean over the whole batch: the result equals one step on the whole batch.
 
     On a CPU the pieces are also faster: a piece's activations stay in the core's cache
-    (the Fashion-MNIST ViT trains ~1.7x faster in 8 pieces of 16 than in one of 128; see
+    (the Fashion-MNIST ViT trains ~1.4x faster in 8 pieces of 16 than in one of 128; see
     benchmarks/vit.py), so `micro_batches` is a speed setting there, not only a memory one.
 
     `with_index`: call `loss_fn(params, micro_batch, index)` with the piece's index (an int32
