@@ -1,7 +1,8 @@
-"""ViT options for small datasets: conv stem, shifted patch tokenization, locality attention.
+"""ViT options for small datasets: conv stem, shifted patch tokenization, locality attention,
+patch dropout.
 
 Each is checked against an independent computation: XLA's own convolution, and NumPy
-versions of the formulas in Xiao et al. 2021 and Lee et al. 2021.
+versions of the formulas in Xiao et al. 2021, Lee et al. 2021 and Liu et al. 2022.
 """
 
 import flax.linen as nn
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxvision.models import ViT
-from jaxvision.models.vit import MultiHeadDotProductAttention, StridedConv3x3
+from jaxvision.models.vit import MultiHeadDotProductAttention, StridedConv3x3, Transformer
 
 TINY = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4, pool="gap")
 
@@ -98,3 +99,47 @@ def test_stem_errors_are_clear():
         ViT(num_classes=2, stem="conv", **dict(TINY, patch_size=6)).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="stem must be one of"):
         ViT(num_classes=2, stem="convolutional", **TINY).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("rate, prefix", [(0.5, 0), (0.25, 1)])
+def test_patch_dropout_keeps_a_random_subset_of_position_embedded_tokens(rate, prefix):
+    # depth 0: the output is the final LayerNorm of exactly the tokens that were kept.
+    model = Transformer(depth=0, mlp_dim=8, num_heads=1, patch_dropout=rate, num_prefix_tokens=prefix)
+    n, batch = 16, 64
+    x = np.random.default_rng(0).normal(size=(batch, prefix + n, 4)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    pos = np.asarray(variables["params"]["posembed_input"]["pos_embedding"])
+    # init gives pos ~ N(0, 0.02): make it large, so that a token in the wrong place shows
+    variables = {"params": {**variables["params"], "posembed_input": {"pos_embedding": pos * 100}}}
+    candidates = _numpy_layer_norm(x + pos * 100, 1.0, 0.0)
+    out, _ = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    keep = round(n * (1 - rate))
+    assert out.shape == (batch, prefix + keep, 4)
+    out = np.asarray(out)
+    kept = np.zeros((batch, n), int)
+    for b in range(batch):
+        np.testing.assert_allclose(out[b, :prefix], candidates[b, :prefix], atol=1e-5)  # prefix stays
+        dist = np.abs(out[b, prefix:, None] - candidates[b, None, prefix:]).max(-1)  # [keep, n]
+        match = dist.argmin(1)
+        assert np.all(dist[np.arange(keep), match] < 1e-4) and len(set(match)) == keep
+        kept[b, match] = 1
+    # a fresh subset per example, each token equally likely: frequency keep/n (binomial 5 sigma)
+    assert len({tuple(row) for row in kept}) > batch // 2
+    p = keep / n
+    assert np.all(np.abs(kept.mean(0) - p) < 5 * np.sqrt(p * (1 - p) / batch))
+    # evaluation sees every token
+    full, _ = model.apply(variables, x, train=False)
+    np.testing.assert_allclose(full, candidates, atol=1e-5)
+
+
+def test_patch_dropout_vit_trains_on_fewer_tokens_and_evaluates_on_all():
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
+    dropped = ViT(num_classes=3, patch_dropout=0.75, **TINY)
+    variables = dropped.init(jax.random.key(0), x)
+    _, inter = dropped.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    assert inter["encoder_block_0"].shape == (2, 4, 32)  # 16 patches, a quarter kept
+    evaluated, _ = dropped.apply(variables, x)
+    reference, _ = ViT(num_classes=3, **TINY).apply(variables, x)
+    np.testing.assert_array_equal(evaluated, reference)
+    with pytest.raises(ValueError, match="patch_dropout must be in"):
+        ViT(num_classes=3, patch_dropout=1.0, **TINY).init(jax.random.key(0), x)

@@ -281,6 +281,8 @@ class Transformer(nn.Module):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
+    patch_dropout: float = 0.0
+    num_prefix_tokens: int = 0
     attention_implementation: str | None = None
     locality_attention: bool = False
     gelu_approximate: bool = True
@@ -310,6 +312,8 @@ class Transformer(nn.Module):
     def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False):
         intermediates: dict[str, jax.Array] = {}
         x = AddPositionEmbs(param_dtype=self.param_dtype, name="posembed_input")(x)
+        if train and self.patch_dropout > 0.0:
+            x = self._drop_patches(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         if self.scan_layers:
             # One block traced and compiled once, its parameters stacked along a leading
@@ -351,6 +355,22 @@ class Transformer(nn.Module):
         x = nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x, intermediates
 
+    def _drop_patches(self, x):
+        """Keep a random subset of the patch tokens of each example (prefix tokens stay).
+
+        Patch dropout (Liu et al. 2022): after the position embeddings, so each kept token
+        still says where it came from. ``round(N * (1 - rate))`` of the N patch tokens are
+        kept, a fresh uniform draw per example; the blocks then cost less per image (fewer
+        tokens), and evaluation (train=False) sees every token.
+        """
+        prefix, patches = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        n = patches.shape[1]
+        keep = max(1, int(round(n * (1.0 - self.patch_dropout))))
+        scores = jax.random.uniform(self.make_rng("dropout"), patches.shape[:2])
+        kept = jnp.argsort(scores, axis=1)[:, :keep]
+        patches = jnp.take_along_axis(patches, kept[:, :, None], axis=1)
+        return jnp.concatenate([prefix, patches], axis=1)
+
 
 class ViT(nn.Module):
     """Vision Transformer classifier.
@@ -372,6 +392,11 @@ class ViT(nn.Module):
         explicit ``"cudnn"`` raises.
       stochastic_depth: drop-path rate of the last block, linearly increasing from 0 at the
         first; whole examples drop a residual branch.
+      patch_dropout: fraction of the patch tokens dropped in training, a fresh random
+        subset per example, after the position embeddings (Liu et al. 2022, "PatchDropout";
+        timm's ``patch_drop_rate``); a CLS token is always kept. Fewer tokens make a training
+        step cheaper and regularise; evaluation sees all tokens. Training-time
+        ``encoder_block_{i}`` intermediates then hold the kept tokens only.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay ``param_dtype``.
         Logits are returned as float32.
       attention_implementation: see `jaxvision.attention.dot_product_attention`.
@@ -415,6 +440,7 @@ class ViT(nn.Module):
     dropout: float = 0.0
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
+    patch_dropout: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_implementation: str | None = None
@@ -457,7 +483,7 @@ class ViT(nn.Module):
             )
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
-        for name in ("dropout", "attention_dropout", "stochastic_depth"):
+        for name in ("dropout", "attention_dropout", "stochastic_depth", "patch_dropout"):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {rate}")
@@ -504,6 +530,8 @@ class ViT(nn.Module):
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             stochastic_depth=self.stochastic_depth,
+            patch_dropout=self.patch_dropout,
+            num_prefix_tokens=1 if self.pool == "cls" else 0,
             attention_implementation=self.attention_implementation,
             locality_attention=self.locality_attention,
             gelu_approximate=self.gelu_approximate,

@@ -30,6 +30,7 @@ class ModelConfig:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     stochastic_depth: float = 0.0
+    patch_dropout: float = 0.0  # fraction of patch tokens dropped in training (see models.vit)
     dtype: str = "float32"  # compute dtype; parameters stay float32
     attention_implementation: str | None = None
     stem: str = "patch"  # "patch" (official), "conv" or "spt": see models.vit.ViT
@@ -105,6 +106,7 @@ def build_model(cfg: ModelConfig, num_classes: int):
         dropout=cfg.dropout,
         attention_dropout=cfg.attention_dropout,
         stochastic_depth=cfg.stochastic_depth,
+        patch_dropout=cfg.patch_dropout,
         dtype=DTYPES[cfg.dtype],
         attention_implementation=cfg.attention_implementation,
         stem=cfg.stem,
