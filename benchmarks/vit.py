@@ -114,6 +114,7 @@ class _OursViT(common.Bench):
             attention_implementation=cfg.get("attention"), gelu_approximate=cfg["gelu_approximate"],
             scan_layers=cfg.get("scan_layers", False), remat=cfg.get("remat", False),
             stem=cfg.get("stem", "patch"), locality_attention=cfg.get("locality_attention", False),
+            patch_dropout=cfg.get("patch_dropout", 0.0),
         )
         model = cls.build_model(model_cfg, cfg["num_classes"])
         shape = (cfg["image_size"], cfg["image_size"], cfg["channels"])
@@ -351,6 +352,7 @@ def main(argv=None):
     p.add_argument("--remat", action="store_true")
     p.add_argument("--stem", choices=("patch", "conv", "spt"), default="patch", help="ours only")
     p.add_argument("--locality-attention", action="store_true", help="ours only (LSA)")
+    p.add_argument("--patch-dropout", type=float, default=0.0, help="ours only: fraction of tokens dropped")
     p.add_argument("--steps-per-dispatch", type=int, default=1, help="ours: k steps per call (lax.scan)")
     p.add_argument("--micro-batches", default=None,
                    help="ours: the batch in this many pieces per step (the CPU fast path; default: the "
@@ -379,7 +381,7 @@ def main(argv=None):
                      dtype=args.dtype)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.update(attention=args.attention, scan_layers=args.scan_layers, remat=args.remat,
-               stem=args.stem, locality_attention=args.locality_attention,
+               stem=args.stem, locality_attention=args.locality_attention, patch_dropout=args.patch_dropout,
                steps_per_dispatch=args.steps_per_dispatch, peer_micro_batches=args.peer_micro_batches)
     micro = ([int(k) for k in args.micro_batches.split(",")] if args.micro_batches
              else [cfg.get("micro_batches", 1)])
