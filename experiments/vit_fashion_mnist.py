@@ -32,30 +32,35 @@ def get_config(preset: str = "default") -> cls.ClassificationConfig:
     # accuracy), narrow and shallow so that the 2-core CPU sees the most images in the
     # time, global average pooling, and the two small-dataset changes of Lee et al. 2021,
     # shifted patch tokenization and locality self-attention, which add about a point at
-    # no cost in speed. micro_batches=8 is the CPU fast path (same gradient, pieces that
-    # stay in cache). Flips only: pad-and-crop costs accuracy in 13 epochs.
+    # no cost in speed. Patch dropout 0.5 (Liu et al. 2022): each training image shows the
+    # encoder a random 24 of its 49 tokens, so a step costs about half and twice the epochs
+    # fit in the time (25.6 instead of 12.8); without it the model overfits by the end
+    # (train 94.6% vs test 90.2%), with it train and test accuracy end level.
+    # micro_batches=8 is the CPU fast path (same gradient, pieces that stay in cache).
+    # Flips only: pad-and-crop cost accuracy at 13 epochs.
     config = cls.ClassificationConfig(
         model=cls.ModelConfig(variant="Ti/4", width=64, depth=4, mlp_dim=128, num_heads=4, pool="gap",
-                              stem="spt", locality_attention=True),
+                              stem="spt", locality_attention=True, patch_dropout=0.5),
         data=cls.DataConfig(dataset="fashion_mnist", augment="flip"),
         optim=cls.OptimConfig(name="adamw", learning_rate=2e-3, warmup_steps=200, weight_decay=0.05,
                               grad_clip_norm=1.0, label_smoothing=0.1),
         seed=0,
         global_batch_size=128,
         micro_batches=8,
-        total_steps=6000,
+        total_steps=12_000,
         log_every=50,
-        eval_every=1000,
-        checkpoint_every=1000,
+        eval_every=2000,
+        checkpoint_every=2000,
     )
     if preset == "long":
-        # Four times the images: a convolutional stem (the most accuracy per epoch in the
-        # search) with locality attention, and pad-and-crop, which pays over 40+ epochs.
+        # 77 epochs: a convolutional stem (the most accuracy per epoch in the search) with
+        # locality attention, all tokens (no patch dropout), and pad-and-crop, which pays
+        # over 40+ epochs. 24k steps reached 92.81%, still rising, hence 36k.
         config = dataclasses.replace(
             config,
-            model=dataclasses.replace(config.model, stem="conv"),
+            model=dataclasses.replace(config.model, stem="conv", patch_dropout=0.0),
             data=dataclasses.replace(config.data, augment="pad_crop_flip"),
-            total_steps=24_000,
+            total_steps=36_000,
             eval_every=4000,
             checkpoint_every=2000,
         )
