@@ -261,8 +261,7 @@ def train_iterator(
         if subset:
             images, labels = images[keep], subset_labels
 
-        def epoch_indices():
-            # This process's example indices and stream positions, one epoch per element.
+        def epochs():
             epoch, offset = divmod(start_step, steps_per_epoch)
             while True:
                 order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -275,19 +274,9 @@ def train_iterator(
                     + pi * local_batch
                     + np.arange(local_batch)[None, :]
                 ).reshape(-1)
-                yield mine, positions
+                ds = tf.data.Dataset.from_tensor_slices((images[mine], labels[mine], positions))
+                yield from tfds.as_numpy(finish(ds))
                 epoch, offset = epoch + 1, 0
-
-        # One pipeline for all epochs (not one per epoch): the images are captured once,
-        # prefetching runs across epoch boundaries, and tf.data's autotuning keeps what it
-        # learnt; rebuilding it every epoch cost seconds per epoch on a 2-core machine.
-        images_t, labels_t = tf.constant(images), tf.constant(labels)
-        spec = tf.TensorSpec([None], tf.int64)
-        ds = tf.data.Dataset.from_generator(epoch_indices, output_signature=(spec, spec)).unbatch()
-        ds = ds.map(lambda i, position: (tf.gather(images_t, i), tf.gather(labels_t, i), position))
-
-        def epochs():
-            yield from tfds.as_numpy(finish(ds))
 
     else:
         # Streaming: each process reads its own equal file shard; the shuffle buffer is
