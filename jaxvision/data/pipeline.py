@@ -99,6 +99,27 @@ def _check_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
+def _options(threads: int | None = None) -> tf.data.Options:
+    """Options of every pipeline here: deterministic order, and no autotuning.
+
+    Autotuning is off because of how an iterator ends, not how it runs: its optimisation
+    thread sleeps between rounds for a period that doubles up to 60 s, and destroying the
+    iterator waits for that sleep to end. The training pipeline is rebuilt every epoch, so
+    in training that wait landed on the step loop at epoch boundaries: 6 of 25 boundaries of
+    the main job stalled for 12-16 s (about 70 s of its 15 minutes; found with gdb: the main
+    thread in ~RootDataset::Iterator, the autotune thread in Model::OptimizeLoop). Without
+    autotuning, AUTOTUNE parallelism means one call per core, which keeps up with training
+    here many times over (benchmarks/input_pipeline.py).
+    """
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = False
+    if threads is not None:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
+    return options
+
+
 def _to_model_range(image, value_range):
     lo, hi = value_range
     return tf.cast(image, tf.float32) * ((hi - lo) / 255.0) + lo
@@ -248,13 +269,8 @@ def train_iterator(
         return {"image": _to_model_range(image, value_range), "label": tf.cast(label, tf.int32)}
 
     def finish(ds):
-        options = tf.data.Options()
-        options.deterministic = True
-        if threads is not None:
-            options.threading.private_threadpool_size = threads
-            options.threading.max_intra_op_parallelism = 1
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.batch(local_batch, drop_remainder=True).prefetch(prefetch).with_options(options)
+        return ds.batch(local_batch, drop_remainder=True).prefetch(prefetch).with_options(_options(threads))
 
     if in_memory:
         images, labels = _load_in_memory(builder, split)
@@ -361,7 +377,7 @@ def eval_batches(
     # This process's contiguous slice of every global batch.
     ds = ds.filter(lambda ex, i: (i % global_batch_size) // local_batch == pi)
     ds = ds.map(lambda ex, i: preprocess(ex[0], ex[1], i < n), num_parallel_calls=tf.data.AUTOTUNE)
-    return tfds.as_numpy(ds.batch(local_batch).prefetch(2))
+    return tfds.as_numpy(ds.batch(local_batch).prefetch(2).with_options(_options()))
 
 
 def image_batches(
@@ -388,4 +404,4 @@ def image_batches(
             f"tfds dataset {name!r} has images of varying size {shape}; FID statistics need a "
             "fixed-size image set (crop or resize it into a folder first)")
     ds = builder.as_dataset(split=split, shuffle_files=False).map(lambda ex: ex["image"]).take(n)
-    return n, tfds.as_numpy(ds.batch(batch_size).prefetch(2))
+    return n, tfds.as_numpy(ds.batch(batch_size).prefetch(2).with_options(_options()))
