@@ -6,8 +6,8 @@ Command (after the README's set-up):
 
 Hardware and result (measured on the 2-core CPU VM, see README; issue 2's targets are 91%
 within 15 minutes and 93% for the long preset):
-    default: test accuracy 91.21% (top-5 99.85%) in 14.9 minutes (896.8 s; 15 min 8 s for
-             the whole scripts/main.sh command), 12,000 steps at 1,799 img/s.
+    default: test accuracy 91.21% (top-5 99.85%) in 14.1 minutes (844.0 s; 14 min 18 s for
+             the whole scripts/main.sh command), 12,000 steps at 1,916 img/s.
     long:    test accuracy 92.91% (top-5 99.89%), 36,000 steps; about 1.5 hours alone (estimated
              from its 6-7 steps/s: the measured run was paused and shared).
 
