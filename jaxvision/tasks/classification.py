@@ -72,21 +72,15 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassificationConfig:
+class ClassificationConfig(loop.LoopConfig):
+    """Seed, batch, steps, logging and checkpoint fields: see loop.LoopConfig."""
+
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
-    seed: int = 0
-    global_batch_size: int = 128
-    total_steps: int = 1000
     micro_batches: int = 1  # gradient accumulation: the global batch in this many pieces
-    log_every: int = 50
     eval_every: int = 0  # 0: evaluate at the end only
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    parallel: str = "mesh"  # "mesh" (jit + NamedSharding) or "pmap"
     fsdp: bool = False  # mesh only: shard large parameters and optimizer state
-    progress: bool = True
 
 
 def build_model(cfg: ModelConfig, num_classes: int):
@@ -227,16 +221,11 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
         train_data=train_data,
         eval_data=eval_data,
         eval_prefix=cfg.data.eval_split.split("[")[0],
-        total_steps=cfg.total_steps,
         global_batch_size=cfg.global_batch_size,
-        seed=cfg.seed,
-        log_every=cfg.log_every,
         eval_every=cfg.eval_every,
-        checkpoint_every=cfg.checkpoint_every,
-        keep_checkpoints=cfg.keep_checkpoints,
         parallel_form=form,
         config=config_lib.to_dict(cfg),
-        progress=cfg.progress,
+        **cfg.loop_args(),
     )
 
 

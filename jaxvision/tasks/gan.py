@@ -76,21 +76,17 @@ class FDConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GANConfig:
+class GANConfig(loop.LoopConfig):
+    """Seed, batch, steps, logging and checkpoint fields: see loop.LoopConfig."""
+
     model: GANModelConfig = GANModelConfig()
     data: GANDataConfig = GANDataConfig()
     optim: GANOptimConfig = GANOptimConfig()
     fd: FDConfig = FDConfig()
-    seed: int = 0
     global_batch_size: int = 64  # images per D step (the pipeline reads n_critic times this)
     total_steps: int = 3000
-    log_every: int = 50
     sample_every: int = 500
     num_samples_grid: int = 64
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    parallel: str = "mesh"  # "mesh" (jit + NamedSharding) or "pmap"
-    progress: bool = True
 
 
 def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_classes: int | None,
@@ -303,10 +299,8 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
                                    augment=cfg.data.augment)
 
     results = loop.train(
-        task, workdir=workdir, train_data=train_data, total_steps=cfg.total_steps, global_batch_size=read_batch,
-        seed=cfg.seed, log_every=cfg.log_every, eval_every=cfg.sample_every, checkpoint_every=cfg.checkpoint_every,
-        keep_checkpoints=cfg.keep_checkpoints, config=config_lib.to_dict(cfg), progress=cfg.progress,
-        parallel_form=form,
+        task, workdir=workdir, train_data=train_data, global_batch_size=read_batch, eval_every=cfg.sample_every,
+        parallel_form=form, config=config_lib.to_dict(cfg), **cfg.loop_args(),
     )
     return results
 

@@ -33,6 +33,28 @@ from jaxvision.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The run settings every task's config has (ClassificationConfig and GANConfig extend
+    it): they go to `train` unchanged, through `loop_args`."""
+
+    seed: int = 0
+    global_batch_size: int = 128
+    total_steps: int = 1000
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    parallel: str = "mesh"  # "mesh" (jit + NamedSharding) or "pmap"
+    progress: bool = True
+
+    def loop_args(self) -> dict:
+        """`train`'s keyword arguments that come straight from these fields (the parallel
+        form and the batch the data pipeline reads are the task's to build)."""
+        return dict(seed=self.seed, total_steps=self.total_steps, log_every=self.log_every,
+                    checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+                    progress=self.progress)
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     init: Callable[[jax.Array], TrainState]
     train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
