@@ -232,6 +232,22 @@ def test_reader_gives_torchs_tensors_bit_for_bit(golden):
     assert digests == list(golden["tensor_sha256"])
 
 
+@needs_file
+def test_code_checks_catch_other_forwards():
+    # The same tensors with another eps, or a pool that counts its padding, is another network.
+    arch = tsr.read_torchscript(WEIGHTS)
+    its.check_code(arch.root, arch.code)  # the real file passes
+    conv = "__torch__/inceptionv3.py"
+    code = {**arch.code, conv: arch.code[conv].replace("0.10000000000000001, 0.001, )", "0.10000000000000001, 1e-05, )")}
+    with pytest.raises(its.NotFIDInceptionError, match="eps 1e-05"):
+        its.check_code(arch.root, code)
+    pool = "__torch__/torch/nn/modules/pooling.py"
+    code = {**arch.code, pool: arch.code[pool].replace("count_include_pad : Final[bool] = False",
+                                                       "count_include_pad : Final[bool] = True")}
+    with pytest.raises(its.NotFIDInceptionError, match="count_include_pad"):
+        its.check_code(arch.root, code)
+
+
 def _rel_err(got, want):
     want = np.asarray(want, np.float64)
     return float((np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)).max())
