@@ -78,6 +78,18 @@ def test_eval_covers_every_example_once(tfds_data_dir):
     assert sum(int(b["mask"].sum()) for h in halves for b in h) == 100
 
 
+def test_features_choose_what_a_batch_carries(tfds_data_dir):
+    kw = dict(global_batch_size=8, data_dir=tfds_data_dir)
+    both = next(iter(data.eval_batches("fashion_mnist", "test[:8]", **kw)))
+    images = next(iter(data.eval_batches("fashion_mnist", "test[:8]", features=("image",), **kw)))
+    assert sorted(both) == ["image", "label", "mask"] and sorted(images) == ["image", "mask"]
+    np.testing.assert_array_equal(images["image"], both["image"])
+    info = data.dataset_info("fashion_mnist", tfds_data_dir)
+    assert {k: s.role for k, s in info.features.items()} == {"image": "image", "label": "label"}
+    with pytest.raises(ValueError, match="no feature 'segmentation_mask'.*'image', 'label'"):
+        data.train_iterator("fashion_mnist", features=("image", "segmentation_mask"), seed=0, **kw)
+
+
 def test_bad_inputs_give_clear_errors(tfds_data_dir):
     with pytest.raises(ValueError, match="Unknown tfds dataset"):
         data.dataset_info("no_such_dataset_xyz", tfds_data_dir)

@@ -1,23 +1,25 @@
-"""tfds input pipelines. Importing this package imports TensorFlow: keep it out of
-model, step and metric code so those run where TensorFlow is absent (GPU machines)."""
+"""tfds input pipelines yielding feature dicts, jointly augmented.
 
-from jaxvision.data.pipeline import (
-    DatasetInfo,
-    TrainIterator,
-    dataset_info,
-    eval_batches,
-    image_batches,
-    train_iterator,
-)
+Importing this package imports TensorFlow: keep it out of model, step and metric code so
+those run where TensorFlow is absent (GPU machines)."""
+
+from jaxvision.data.augment import augment_features
+from jaxvision.data.evaluation import eval_batches, image_batches
+from jaxvision.data.features import FeatureSpec
+from jaxvision.data.memory import select_examples
+from jaxvision.data.pipeline import DatasetInfo, TrainIterator, dataset_info, train_iterator
 from jaxvision.data.prepare import default_data_dir, ensure_prepared
 
 __all__ = [
     "DatasetInfo",
+    "FeatureSpec",
     "TrainIterator",
+    "augment_features",
     "dataset_info",
     "default_data_dir",
     "ensure_prepared",
     "eval_batches",
     "image_batches",
+    "select_examples",
     "train_iterator",
 ]
