@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxvision.models import ViT
-from jaxvision.models.vit import stack_encoder_blocks, unstack_encoder_blocks
+from jaxvision.models.vit_layout import stack_encoder_blocks, unstack_encoder_blocks
 from jaxvision.train.grad import accumulated_value_and_grad
 from jaxvision.train.multistep import multi_step, stack_batches
 

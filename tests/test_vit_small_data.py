@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from jaxvision.models import ViT
-from jaxvision.models.vit import MultiHeadDotProductAttention, StridedConv3x3, Transformer
+from jaxvision.models.stems import StridedConv3x3
+from jaxvision.models.transformer import MultiHeadDotProductAttention, Transformer
 
 TINY = dict(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4, pool="gap")
 
