@@ -105,6 +105,34 @@ def apply_overrides(config, overrides: list[str]):
     return config
 
 
+def config_class(name: str, source, *, exclude=(), replace=None, module: str | None = None, doc: str | None = None):
+    """A frozen config dataclass with the fields of the dataclass `source` (e.g. a flax
+    module): the same names, types, defaults and order, so an option is declared once,
+    on `source`, and a new one is configurable at once.
+
+    exclude: fields of `source` a config does not set (the code that builds `source`
+      gives them). replace: {field: (type, default)} where the config's form differs
+      (e.g. a dtype given by name). module: the module the class is defined in (pickle,
+      type hints).
+    """
+    replace = dict(replace or {})
+    hints = typing.get_type_hints(source)
+    fields = []
+    for f in dataclasses.fields(source):
+        if f.name in exclude or not f.init:
+            continue
+        annotation, default = replace.pop(f.name, (hints[f.name], f.default))
+        if default is dataclasses.MISSING:
+            raise TypeError(f"{source.__name__}.{f.name} has no default: exclude it or give one in replace")
+        fields.append((f.name, annotation, dataclasses.field(default=default)))
+    if replace:
+        raise TypeError(f"replace names fields {sorted(replace)} that {source.__name__} does not have")
+    namespace = {"__module__": module} if module else {}
+    if doc:
+        namespace["__doc__"] = doc
+    return dataclasses.make_dataclass(name, fields, frozen=True, namespace=namespace)
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 

@@ -10,6 +10,7 @@ import optax
 
 from jaxvision import config as config_lib
 from jaxvision.losses.classification import softmax_cross_entropy, topk_correct
+from jaxvision.models.vit import ViT
 from jaxvision.train import loop, optim, parallel
 from jaxvision.train import state as state_lib
 from jaxvision.train.grad import accumulated_value_and_grad
@@ -17,27 +18,15 @@ from jaxvision.train.grad import accumulated_value_and_grad
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    variant: str = "Ti/16"
-    # Overrides of the variant's numbers (None: take the variant's).
-    width: int | None = None
-    depth: int | None = None
-    mlp_dim: int | None = None
-    num_heads: int | None = None
-    pool: str = "cls"
-    representation_size: int | None = None
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    stochastic_depth: float = 0.0
-    patch_dropout: float = 0.0  # fraction of patch tokens dropped in training (see models.vit)
-    dtype: str = "float32"  # compute dtype; parameters stay float32
-    attention_implementation: str | None = None
-    stem: str = "patch"  # "patch" (official), "conv" or "spt": see models.vit.ViT
-    locality_attention: bool = False  # LSA (Lee et al. 2021): see models.vit.ViT
-    gelu_approximate: bool = True  # False: exact GELU, for weights imported from timm
-    scan_layers: bool = False  # nn.scan over the blocks (stacked params; see models.vit)
-    remat: bool = False  # recompute block activations in the backward pass (less memory)
+# The model's options are ViT's own fields (models.vit.ViT documents them), declared once
+# there. A run does not set these: the class count comes from the data, the patch size
+# from the variant, and parameters stay float32 with the official zero-initialised head.
+_NOT_CONFIGURED = ("num_classes", "patch_size", "param_dtype", "head_zero_init", "parent", "name")
+ModelConfig = config_lib.config_class(
+    "ModelConfig", ViT, exclude=_NOT_CONFIGURED, module=__name__,
+    replace={"variant": (str, "Ti/16"), "dtype": (str, "float32")},  # dtype by name: DTYPES
+    doc="The ViT's options (see models.vit.ViT): --config.model.FIELD=VALUE sets one.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,32 +72,10 @@ class ClassificationConfig(loop.LoopConfig):
     fsdp: bool = False  # mesh only: shard large parameters and optimizer state
 
 
-def build_model(cfg: ModelConfig, num_classes: int):
-    from jaxvision.models import ViT
-
+def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
     if cfg.dtype not in DTYPES:
         raise config_lib.ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}.")
-    return ViT(
-        num_classes=num_classes,
-        variant=cfg.variant,
-        width=cfg.width,
-        depth=cfg.depth,
-        mlp_dim=cfg.mlp_dim,
-        num_heads=cfg.num_heads,
-        pool=cfg.pool,
-        representation_size=cfg.representation_size,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        stochastic_depth=cfg.stochastic_depth,
-        patch_dropout=cfg.patch_dropout,
-        dtype=DTYPES[cfg.dtype],
-        attention_implementation=cfg.attention_implementation,
-        stem=cfg.stem,
-        locality_attention=cfg.locality_attention,
-        gelu_approximate=cfg.gelu_approximate,
-        scan_layers=cfg.scan_layers,
-        remat=cfg.remat,
-    )
+    return ViT(num_classes=num_classes, **dict(dataclasses.asdict(cfg), dtype=DTYPES[cfg.dtype]))
 
 
 def build_optimizer(cfg: OptimConfig, total_steps: int, frozen_mask=None, lr_multipliers=None):
