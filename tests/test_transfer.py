@@ -13,9 +13,10 @@ import pytest
 from helpers import IMAGE_SHAPE, as_jnp, synthetic_batch, tiny_vit
 
 from jaxvision.metrics import fewshot
+from jaxvision.models.vit_layout import HEAD, layer_indices
 from jaxvision.tasks import classification
-from jaxvision.train import finetune as ft
 from jaxvision.train import optim
+from jaxvision.train import param_groups as groups
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -31,8 +32,8 @@ def test_frozen_parameters_do_not_change():
     model = tiny_vit(pool="cls")
     tx, _ = classification.build_optimizer(
         classification.OptimConfig(name="sgd", learning_rate=0.1, momentum=0.9, grad_clip_norm=1.0),
-        total_steps=10, frozen_mask=ft.frozen_mask_fn(trainable=ft.LINEAR_PROBE),
-        lr_multipliers=ft.layerwise_multipliers_fn(0.5))
+        total_steps=10, frozen_mask=groups.frozen_mask_fn(trainable=HEAD),
+        lr_multipliers=groups.layerwise_multipliers_fn(0.5, layer_indices))
     task = classification.make_task(model, tx, image_shape=IMAGE_SHAPE)
     state = jax.jit(task.init)(jax.random.PRNGKey(0))
     new_state, metrics = jax.jit(task.train_step)(state, as_jnp(synthetic_batch(0)))
@@ -58,7 +59,7 @@ def _sgd_updates(frozen_mask=None, lr_multipliers=None):
     grads = treedef.unflatten([jax.random.normal(k, s) for k, s in zip(keys, leaves)])
     tx = optim.make_optimizer("sgd", 0.1, momentum=0.9, grad_clip_norm=1.0, frozen_mask=frozen_mask)
     if lr_multipliers is not None:
-        tx = optax.chain(tx, ft.scale_by_multipliers(lr_multipliers))
+        tx = optax.chain(tx, groups.scale_by_multipliers(lr_multipliers))
     updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
     return _names(updates)
 
@@ -67,16 +68,16 @@ def test_frozen_groups_and_layerwise_learning_rates():
     params = {"embedding": {"kernel": 1.0}, "cls": 1.0,
               "Transformer": {"encoderblock_0": {"x": 1.0}, "encoderblock_1": {"x": 1.0}, "encoder_norm": {"x": 1.0}},
               "head": {"kernel": 1.0}}
-    m = _names(ft.layerwise_multipliers_fn(0.5)(params))
+    m = _names(groups.layerwise_multipliers_fn(0.5, layer_indices)(params))
     assert m == {"embedding/kernel": 0.125, "cls": 0.125, "Transformer/encoderblock_0/x": 0.25,
                  "Transformer/encoderblock_1/x": 0.5, "Transformer/encoder_norm/x": 1.0, "head/kernel": 1.0}
-    rules = _names(ft.pattern_multipliers_fn(["^head/=10", ("encoderblock_1", 0.0)])(params))
+    rules = _names(groups.pattern_multipliers_fn(["^head/=10", ("encoderblock_1", 0.0)])(params))
     assert rules["head/kernel"] == 10 and rules["Transformer/encoderblock_1/x"] == 0 and rules["cls"] == 1
 
     base = _sgd_updates()
     stem = r"^(embedding|cls|Transformer/posembed_input)(/|$)"
-    frozen = _sgd_updates(frozen_mask=ft.frozen_mask_fn(frozen=stem))
-    decayed = _sgd_updates(lr_multipliers=ft.layerwise_multipliers_fn(0.5))
+    frozen = _sgd_updates(frozen_mask=groups.frozen_mask_fn(frozen=stem))
+    decayed = _sgd_updates(lr_multipliers=groups.layerwise_multipliers_fn(0.5, layer_indices))
     factors = {"embedding": 0.125, "cls": 0.125, "Transformer/posembed_input": 0.125,
                "Transformer/encoderblock_0": 0.25, "Transformer/encoderblock_1": 0.5}
     for name in base:

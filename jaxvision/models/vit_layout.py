@@ -1,22 +1,55 @@
-"""ViT parameter layouts: per-block (official names) and stacked (scan_layers=True).
+"""ViT parameter names: which layer a parameter belongs to, and the two block layouts.
 
 The official per-block layout (``Transformer/encoderblock_{i}/...``, see
 `jaxvision.models.vit`) and the stacked one of ``ViT(scan_layers=True)``
 (``Transformer/encoderblock/...`` with a leading depth axis) convert into each other
 exactly, on ``params`` and on anything that mirrors them (a TrainState, optimizer
 moments), so a checkpoint of either form loads into the other.
+
+The layer of a parameter (stem, block i, head) is what layer-wise learning-rate decay
+needs; `jaxvision.train.param_groups` takes it as a function, so training code names
+no ViT parameter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Iterable
 
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-__all__ = ["stack_encoder_blocks", "unstack_encoder_blocks"]
+__all__ = ["HEAD", "layer_index", "layer_indices", "stack_encoder_blocks", "unstack_encoder_blocks"]
+
+# The classifier head's parameters (a linear probe trains only these).
+HEAD = r"^head/"
+
+_BLOCK_NAME = re.compile(r"^Transformer/encoderblock_(\d+)/")
+_STEM_PREFIXES = ("embedding/", "cls", "Transformer/posembed_input/")
+
+
+def layer_index(name: str, depth: int) -> int:
+    """0 for the stem (patch/position embeddings, CLS), i + 1 for encoder block i,
+    depth + 1 for what follows the blocks (final norm, representation layer, head).
+    `name` is a parameter's path joined with '/'."""
+    match = _BLOCK_NAME.match(name)
+    if match:
+        return int(match.group(1)) + 1
+    if name.startswith(_STEM_PREFIXES):
+        return 0
+    return depth + 1
+
+
+def layer_indices(names: Iterable[str]) -> tuple[dict[str, int], int]:
+    """({name: layer_index}, depth + 1) for the parameter names of a ViT: each parameter's
+    layer and the top layer (the head's), for `param_groups.layerwise_multipliers_fn`."""
+    names = list(names)
+    found = [int(m.group(1)) for n in names if (m := _BLOCK_NAME.match(n))]
+    depth = max(found) + 1 if found else 0
+    return {name: layer_index(name, depth) for name in names}, depth + 1
+
 
 _BLOCK_KEY = re.compile(r"^encoderblock_(\d+)$")
 _STACKED_KEY = "encoderblock"

@@ -80,14 +80,14 @@ def build_model(cfg: ModelConfig, num_classes: int) -> ViT:
 
 def build_optimizer(cfg: OptimConfig, total_steps: int, frozen_mask=None, lr_multipliers=None):
     """`lr_multipliers`: optional tree (or params -> tree) of per-parameter learning-rate
-    factors (layer-wise decay; see `jaxvision.train.finetune`)."""
+    factors (layer-wise decay; see `jaxvision.train.param_groups`)."""
     lr = optim.schedule(cfg.learning_rate, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio)
     tx = optim.make_optimizer(
         cfg.name, lr, weight_decay=cfg.weight_decay, b1=cfg.b1, b2=cfg.b2, momentum=cfg.momentum,
         grad_clip_norm=cfg.grad_clip_norm, frozen_mask=frozen_mask,
     )
     if lr_multipliers is not None:
-        from jaxvision.train.finetune import scale_by_multipliers
+        from jaxvision.train.param_groups import scale_by_multipliers
 
         tx = optax.chain(tx, scale_by_multipliers(lr_multipliers))
     return tx, lr

@@ -103,7 +103,8 @@ def prepare(cfg: FinetuneConfig, *, log=print):
     model, loaded params, load report, image_shape, num_classes, frozen_mask, lr_multipliers)."""
     from jaxvision import data
     from jaxvision import pretrained
-    from jaxvision.train import finetune as ft
+    from jaxvision.models import vit_layout
+    from jaxvision.train import param_groups as groups
 
     t = cfg.transfer
     if not t.init:
@@ -148,15 +149,15 @@ def prepare(cfg: FinetuneConfig, *, log=print):
 
     frozen_mask = None
     if t.freeze == "linear_probe":
-        frozen_mask = ft.frozen_mask_fn(trainable=ft.LINEAR_PROBE)
+        frozen_mask = groups.frozen_mask_fn(trainable=vit_layout.HEAD)
     elif t.freeze not in ("none", ""):
-        frozen_mask = ft.frozen_mask_fn(frozen=t.freeze)
+        frozen_mask = groups.frozen_mask_fn(frozen=t.freeze)
     multipliers = []
     if t.layer_decay != 1.0:
-        multipliers.append(ft.layerwise_multipliers_fn(t.layer_decay))
+        multipliers.append(groups.layerwise_multipliers_fn(t.layer_decay, vit_layout.layer_indices))
     if t.lr_multipliers:
-        multipliers.append(ft.pattern_multipliers_fn(t.lr_multipliers))
-    lr_multipliers = ft.combine_multipliers(*multipliers) if multipliers else None
+        multipliers.append(groups.pattern_multipliers_fn(t.lr_multipliers))
+    lr_multipliers = groups.combine_multipliers(*multipliers) if multipliers else None
     return cfg, model, loaded, report, image_shape, num_classes, frozen_mask, lr_multipliers
 
 

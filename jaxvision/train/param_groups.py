@@ -1,11 +1,12 @@
-"""Fine-tuning helpers on parameter trees: frozen groups and per-parameter learning rates.
+"""Parameter groups by name: frozen parameters and per-parameter learning rates.
 
-Both work on parameter *names* ('Transformer/encoderblock_3/MlpBlock_3/Dense_0/kernel'),
-so they apply to any tree with jaxvision's ViT names and are pure Python at trace time.
+Both work on parameter *names* (a path joined with '/', e.g. 'encoder/block_3/kernel')
+and are pure Python at trace time. Nothing here knows a model: what a layer is (for
+layer-wise decay) comes from the model's side, e.g. `jaxvision.models.vit_layout`.
 
     frozen = frozen_mask_fn(trainable=r"^head/")           # a linear probe
     tx = optim.make_optimizer("sgd", lr, frozen_mask=frozen)
-    tx = optax.chain(tx, scale_by_multipliers(layerwise_multipliers_fn(0.75)))
+    tx = optax.chain(tx, scale_by_multipliers(layerwise_multipliers_fn(0.75, layer_indices)))
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ import optax
 from flax import traverse_util
 
 __all__ = [
-    "LINEAR_PROBE",
     "combine_multipliers",
     "frozen_mask_fn",
-    "layer_index",
     "layerwise_multipliers_fn",
     "pattern_multipliers_fn",
     "scale_by_multipliers",
 ]
-
-# Only the head trains: a linear probe on frozen features.
-LINEAR_PROBE = r"^head/"
 
 
 def _names(params) -> dict[tuple, str]:
@@ -45,8 +41,8 @@ def frozen_mask_fn(*, trainable: str | None = None, frozen: str | None = None) -
     """A callable params -> tree of bools (True = frozen) for `make_optimizer(frozen_mask=...)`.
 
     trainable: regex; parameters whose name matches it train, all others are frozen
-      (``LINEAR_PROBE`` = only the head). frozen: regex of parameters to freeze (e.g.
-      r"^(embedding|cls|Transformer/posembed_input)/" for a frozen stem). Give one.
+      (a linear probe: the head's names). frozen: regex of parameters to freeze (e.g. a
+      model's stem). Give one.
     """
     if (trainable is None) == (frozen is None):
         raise ValueError("give exactly one of trainable= or frozen=")
@@ -57,32 +53,17 @@ def frozen_mask_fn(*, trainable: str | None = None, frozen: str | None = None) -
     return lambda params: _map_names(params, lambda name: bool(pattern.search(name)))
 
 
-def layer_index(name: str, depth: int) -> int:
-    """0 for the stem (patch/position embeddings, CLS), i + 1 for encoder block i,
-    depth + 1 for what follows the blocks (final norm, representation layer, head)."""
-    match = re.match(r"^Transformer/encoderblock_(\d+)/", name)
-    if match:
-        return int(match.group(1)) + 1
-    if name.startswith(("embedding/", "cls", "Transformer/posembed_input/")):
-        return 0
-    return depth + 1
-
-
-def _depth(names: Sequence[str]) -> int:
-    found = [int(m.group(1)) for n in names if (m := re.match(r"^Transformer/encoderblock_(\d+)/", n))]
-    return max(found) + 1 if found else 0
-
-
-def layerwise_multipliers_fn(decay: float) -> Callable:
-    """Layer-wise learning-rate decay (BEiT, MAE fine-tuning): the head and final norm
-    train at the full rate, block i at ``decay ** (depth - i)``, the stem at
-    ``decay ** (depth + 1)``. Returns params -> tree of floats."""
+def layerwise_multipliers_fn(decay: float, layer_indices: Callable) -> Callable:
+    """Layer-wise learning-rate decay (BEiT, MAE fine-tuning): a parameter of layer l
+    trains at ``decay ** (top - l)``, the top layer (the head) at the full rate.
+    `layer_indices(names) -> ({name: l}, top)` says the model's layers (for a ViT:
+    `jaxvision.models.vit_layout.layer_indices`). Returns params -> tree of floats."""
     if not 0.0 < decay <= 1.0:
         raise ValueError(f"layer-wise decay must be in (0, 1], got {decay}")
 
     def fn(params):
-        depth = _depth(list(_names(params).values()))
-        return _map_names(params, lambda name: float(decay ** (depth + 1 - layer_index(name, depth))))
+        layers, top = layer_indices(list(_names(params).values()))
+        return _map_names(params, lambda name: float(decay ** (top - layers[name])))
 
     return fn
 
