@@ -27,11 +27,13 @@ def _names(tree):
     return flatten(tree)
 
 
-def test_frozen_parameters_do_not_change():
+@pytest.mark.parametrize("optimizer", [dict(name="sgd", momentum=0.9), dict(name="adamw", weight_decay=0.05)],
+                         ids=["sgd", "adamw"])
+def test_frozen_parameters_do_not_change(optimizer):
     """A real fine-tune step (linear probe: only the head trains) leaves the rest untouched."""
     model = tiny_vit(pool="cls")
     tx, _ = classification.build_optimizer(
-        classification.OptimConfig(name="sgd", learning_rate=0.1, momentum=0.9, grad_clip_norm=1.0),
+        classification.OptimConfig(learning_rate=0.1, grad_clip_norm=1.0, **optimizer),
         total_steps=10, frozen_mask=groups.frozen_mask_fn(trainable=HEAD),
         lr_multipliers=groups.layerwise_multipliers_fn(0.5, layer_indices))
     task = classification.make_task(model, tx, image_shape=IMAGE_SHAPE)

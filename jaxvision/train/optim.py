@@ -37,7 +37,10 @@ def decay_mask(params):
     hurts, and only >=2-d kernels named 'kernel' are regularised.
     """
     flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({path: path[-1] == "kernel" and leaf.ndim >= 2 for path, leaf in flat.items()})
+    # A leaf without ndim is optax's MaskedNode: the place of a frozen parameter when
+    # freezing (multi_transform) hands this optimizer only the trainable ones.
+    return traverse_util.unflatten_dict(
+        {path: path[-1] == "kernel" and getattr(leaf, "ndim", 0) >= 2 for path, leaf in flat.items()})
 
 
 def make_optimizer(
