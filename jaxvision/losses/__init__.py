@@ -9,6 +9,7 @@ from jaxvision.losses.gan import (
     least_squares_g_loss,
     non_saturating_d_loss,
     non_saturating_g_loss,
+    per_example_random,
     r1_penalty,
     wasserstein_d_loss,
     wasserstein_g_loss,

@@ -86,13 +86,31 @@ def _input_grad(critic_fn, x):
     return jax.grad(lambda x_: jnp.sum(critic_fn(x_)))(x)
 
 
-def gradient_penalty(critic_fn: Callable, real, fake, rng):
+def per_example_random(sampler: Callable, rng, shape, axis_name: str | None = None, **kwargs):
+    """``sampler(rng, shape, **kwargs)`` (e.g. ``jax.random.normal``) for this device's rows.
+
+    Under pmap (``axis_name`` set), every device draws the global batch's values with the
+    same key and keeps its own rows: devices get different values, and pmap gives the
+    values one device gets for the whole global batch (the jit form). Without
+    ``axis_name`` it is exactly ``sampler(rng, shape, **kwargs)``.
+    """
+    if axis_name is None:
+        return sampler(rng, shape, **kwargs)
+    devices = jax.lax.psum(1, axis_name)
+    values = sampler(rng, (devices * shape[0], *shape[1:]), **kwargs)
+    return jax.lax.dynamic_slice_in_dim(values, jax.lax.axis_index(axis_name) * shape[0], shape[0])
+
+
+def gradient_penalty(critic_fn: Callable, real, fake, rng, axis_name: str | None = None):
     """WGAN-GP penalty (Gulrajani et al. 2017): E[(||grad_x D(x_hat)||_2 - 1)^2].
 
     ``x_hat = eps * real + (1 - eps) * fake`` with one ``eps ~ U[0, 1)`` per example,
-    drawn as ``jax.random.uniform(rng, (B, 1, ..., 1), real.dtype)``. The norm is taken
-    per example over all non-batch axes. ``critic_fn`` maps a batch to logits [B] (close
-    over params and the train flag); the weight lambda (10 in the paper) is the caller's.
+    drawn as ``jax.random.uniform(rng, (B, 1, ..., 1), real.dtype)``; under pmap pass the
+    ``axis_name``: ``eps`` is then drawn for the global batch and each device keeps its
+    rows (``per_example_random``), so devices do not share one draw and the mean over
+    devices is the penalty of the global batch. The norm is taken per example over all
+    non-batch axes. ``critic_fn`` maps a batch to logits [B] (close over params and the
+    train flag); the weight lambda (10 in the paper) is the caller's.
     Differentiable w.r.t. anything ``critic_fn`` closes over (double backprop).
     """
     real = jnp.asarray(real)
@@ -100,7 +118,8 @@ def gradient_penalty(critic_fn: Callable, real, fake, rng):
     if real.shape != fake.shape:
         raise ValueError(f"real and fake must have the same shape, got {real.shape} "
                          f"and {fake.shape}")
-    eps = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
+    eps = per_example_random(jax.random.uniform, rng, (real.shape[0],) + (1,) * (real.ndim - 1), axis_name,
+                             dtype=real.dtype)
     x_hat = eps * real + (1.0 - eps) * fake
     sq = _per_example_sq_norm(_input_grad(critic_fn, x_hat))
     # sqrt has an infinite derivative at 0 (NaN after the chain rule); the double `where`
