@@ -183,3 +183,65 @@ def test_registry():
     assert METRICS["fid"] is frechet_distance_from_features
     assert METRICS["kid"] is kernel_inception_distance
     assert METRICS["is"] is inception_score
+
+
+# --- evaluators of samples ----------------------------------------------------------------------
+
+def _linear_features(d=6, seed=5):
+    from jaxvision.metrics import evaluators  # noqa: F401 - jax imported here, not at collection
+
+    proj = np.random.default_rng(seed).standard_normal((4 * 4, d)).astype(np.float32)
+    return proj, lambda x: np.asarray(x, np.float32).reshape(len(x), -1) @ proj
+
+
+def test_fd_evaluator_matches_numpy_on_quantised_samples_and_masked_references():
+    from jaxvision.metrics import evaluators
+
+    proj, features = _linear_features()
+    rng = np.random.default_rng(0)
+    train = np.tanh(rng.normal(size=(90, 4, 4, 1))).astype(np.float32)
+    test = np.tanh(rng.normal(size=(70, 4, 4, 1)) + 0.2).astype(np.float32)
+    fake = np.tanh(rng.normal(size=(120, 4, 4, 1)) * 1.3).astype(np.float32)
+    # Eval batches are padded: the mask drops the padding rows (NaN here, so any leak shows).
+    padded = np.concatenate([test, np.full((10, 4, 4, 1), np.nan, np.float32)])
+    mask = np.arange(80) < 70
+    calls = []
+
+    def samples(num_images, batch_size):
+        calls.append((num_images, batch_size))
+        return (fake[i:i + batch_size] for i in range(0, num_images, batch_size))
+
+    ev = evaluators.make_evaluator("fd", features=features, reference=[train[:50], train[50:]], num_images=60,
+                                   floor=[{"image": padded, "mask": mask}], batch_size=25, sample_key="ema",
+                                   floor_key="floor")
+    got = ev(samples)
+    assert calls == [(60, 25)]
+
+    def stats(x):
+        f = x.reshape(len(x), -1).astype(np.float64) @ proj.astype(np.float64)
+        return f.mean(0), np.cov(f, rowvar=False)
+
+    def fd(a, b):
+        (m1, s1), (m2, s2) = a, b
+        return np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
+
+    grid = np.round(np.clip((fake[:60] + 1) * 127.5, 0, 255)) / 127.5 - 1  # the uint8 grid of real images
+    np.testing.assert_allclose(got["ema"], fd(stats(train[:60]), stats(grid)), rtol=1e-4)
+    np.testing.assert_allclose(got["floor"], fd(stats(train[:60]), stats(test[:60])), rtol=1e-4)
+    assert set(got) == {"ema", "floor"}
+    # Statistics given directly: no floor, the same distance.
+    direct = evaluators.make_evaluator("fd", features=features, reference=ev.reference, num_images=60, batch_size=25)
+    assert direct(samples) == {"samples": got["ema"]}
+
+
+def test_evaluator_registry():
+    from jaxvision.metrics import evaluators
+
+    assert {"fd", "fid"} <= set(evaluators.EVALUATORS)
+    with pytest.raises(ValueError, match="Unknown evaluator 'nope'.*fd"):
+        evaluators.make_evaluator("nope")
+    evaluators.register_evaluator("constant")(lambda *, value: (lambda samples: {"value": value}))
+    try:
+        assert evaluators.make_evaluator("constant", value=3.0)(None) == {"value": 3.0}
+    finally:
+        del evaluators.EVALUATORS["constant"]

@@ -1,9 +1,11 @@
-"""Evaluation metrics. They take arrays (features, logits), never a model class: the
-feature function that produced them is the caller's choice.
+"""Evaluation metrics. They take arrays (features, logits) or feature functions, never a
+model class or a task: the feature function that produced them is the caller's choice.
 
 The pytorch-fid protocol (images -> FID-Inception features -> FID / IS / KID, reference
 statistics cache) is ``jaxvision.metrics.fid``; its command line is
-``python -m jaxvision.metrics.cli`` with image sources in ``jaxvision.metrics.sources``."""
+``python -m jaxvision.metrics.cli`` with image sources in ``jaxvision.metrics.sources``.
+Evaluators of a generator's samples (FD in any feature space, FID), registered by name,
+are in ``jaxvision.metrics.evaluators``."""
 
 from jaxvision.metrics.frechet import (
     feature_statistics,

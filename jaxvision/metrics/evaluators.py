@@ -1,0 +1,133 @@
+"""Evaluators of generated images, registered by name (as stylegan2-ada's metric registry).
+
+An evaluator is built once per run from a feature function and its references
+(``make_evaluator(name, **options)``, the expensive real-data statistics computed then)
+and called at each evaluation with a *sample source*: ``samples(num_images, batch_size)``
+yields batches of float images in [-1, 1] (a generator's samples; any model, any task).
+It returns a dict of floats. It never sees a model or a task: the caller gives the
+feature function (a classifier's pre-logits, FID-Inception) and the samples.
+
+Built in:
+
+* ``"fd"``: Fréchet distance of the samples in a feature space of the caller's (e.g.
+  our ViT's pre-logits, "FD-ViT"), next to an optional real-data floor;
+* ``"fid"``: FID (and IS) with pytorch-fid's protocol (``jaxvision.metrics.fid``)
+  against an image source (``tfds:NAME:SPLIT``, a folder, a statistics ``.npz``).
+
+Adding one::
+
+    @register_evaluator("my_metric")
+    def my_metric(*, features, num_images):
+        def evaluate(samples):
+            feats = np.concatenate([np.asarray(features(x)) for x in samples(num_images, 500)])
+            return {"value": float(...)}
+        return evaluate
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvision.metrics.frechet import feature_statistics, frechet_distance
+
+SampleSource = Callable[[int, int], Iterable]  # (num_images, batch_size) -> float image batches in [-1, 1]
+Evaluator = Callable[[SampleSource], dict]
+
+EVALUATORS: dict[str, Callable[..., Evaluator]] = {}
+
+
+def register_evaluator(name: str):
+    """Decorator: `builder(**options) -> evaluator(samples) -> dict` under `name`."""
+    def register(builder):
+        EVALUATORS[name] = builder
+        return builder
+    return register
+
+
+def make_evaluator(name: str, **options) -> Evaluator:
+    if name not in EVALUATORS:
+        raise ValueError(f"Unknown evaluator {name!r}; registered: {', '.join(sorted(EVALUATORS))}.")
+    return EVALUATORS[name](**options)
+
+
+def quantize(images):
+    """[-1, 1] floats -> the uint8 grid real images come from -> back to [-1, 1], so
+    generated and real images reach the feature network the same way."""
+    pixels = jnp.round(jnp.clip((images + 1.0) * 127.5, 0, 255))
+    return pixels / 127.5 - 1.0
+
+
+def reference_features(features: Callable, batches: Iterable, num_images: int) -> np.ndarray:
+    """Features of the first `num_images` real images of `batches` (fewer if there are
+    fewer): arrays, or eval batches {"image", "mask"} whose padding `mask` drops."""
+    feats, count = [], 0
+    for b in batches:
+        images, mask = (b["image"], b.get("mask")) if isinstance(b, dict) else (b, None)
+        f = np.asarray(features(images))
+        feats.append(f if mask is None else f[np.asarray(mask)])
+        count += len(feats[-1])
+        if count >= num_images:
+            break
+    if not feats:
+        raise ValueError("no reference images to compute features of")
+    return np.concatenate(feats)[:num_images]
+
+
+class FrechetEvaluator:
+    """Fréchet distance of samples against reference statistics in the feature space of
+    `features` (images in [-1, 1] -> [B, D]); samples are quantised to the uint8 grid
+    first. `reference`: (mu, sigma), or real image batches (see `reference_features`).
+    `floor`: real batches of another split, whose FD to the reference is reported as the
+    value a perfect generator would get at this sample count."""
+
+    def __init__(self, features: Callable, *, reference, num_images: int = 10_000, floor=None,
+                 batch_size: int = 500, sample_key: str = "samples", floor_key: str = "real_floor"):
+        self.features, self.num_images, self.batch_size = features, num_images, batch_size
+        self.sample_key, self.floor_key = sample_key, floor_key
+        self.reference = self._statistics(reference)
+        self.floor = None if floor is None else frechet_distance(*self.reference, *self._statistics(floor))
+
+    def _statistics(self, source):
+        if isinstance(source, tuple) and len(source) == 2 and np.ndim(source[0]) == 1:  # (mu, sigma)
+            return source
+        return feature_statistics(reference_features(self.features, source, self.num_images))
+
+    def __call__(self, samples: SampleSource) -> dict:
+        feats = [np.asarray(self.features(quantize(images))) for images in samples(self.num_images, self.batch_size)]
+        fake = feature_statistics(np.concatenate(feats)[: self.num_images])
+        out = {self.sample_key: frechet_distance(*self.reference, *fake)}
+        if self.floor is not None:
+            out[self.floor_key] = self.floor
+        return out
+
+
+@register_evaluator("fd")
+def frechet(*, features: Callable, reference, num_images: int = 10_000, floor=None, batch_size: int = 500,
+            sample_key: str = "samples", floor_key: str = "real_floor") -> Evaluator:
+    return FrechetEvaluator(features, reference=reference, num_images=num_images, floor=floor,
+                            batch_size=batch_size, sample_key=sample_key, floor_key=floor_key)
+
+
+@register_evaluator("fid")
+def fid(*, net_factory: Callable, reference: str, num_images: int = 10_000, metrics=("fid", "is"),
+        batch_size: int = 50, cache_dir=None, data_dir: str | None = None) -> Evaluator:
+    """pytorch-fid's protocol: `net_factory()` -> a `FeatureNet` (FID-Inception), built
+    at the first call; `reference`: a source spec (``tfds:NAME:SPLIT``, a folder, a
+    ``.npz``), its statistics cached in `cache_dir` (default: the FID cache)."""
+    from jaxvision.metrics import sources
+    from jaxvision.metrics.fid import compute_metrics, default_stats_cache_dir
+
+    ctx = sources.SourceContext(net_factory=net_factory, num_images=num_images, batch_size=batch_size,
+                                need_features="is" in metrics or "kid" in metrics,
+                                cache_dir=cache_dir or default_stats_cache_dir(), data_dir=data_dir)
+
+    def evaluate(samples: SampleSource) -> dict:
+        real = sources.resolve(reference, ctx)
+        fake = ctx.extract(samples(num_images, ctx.batch_size), value_range=(-1.0, 1.0), num_images=num_images)
+        result = compute_metrics(fake, real, tuple(metrics))
+        return {k: v for k, v in result.items() if isinstance(v, (int, float))}
+
+    return evaluate
