@@ -41,10 +41,45 @@ def synthetic_data(start_step, batch_size=8, seed=0, fail_at=None):
         step += 1
 
 
-def tree_equal(a, b):
+def tree_difference(a, b) -> str | None:
+    """The first way pytrees `a` and `b` differ, or None: structure first (node types,
+    keys, leaf count), then each leaf's shape, dtype and values (NaNs equal), so a
+    truncated tree or a renamed key is never equal to the original."""
     import jax
 
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    paths_a, def_a = jax.tree_util.tree_flatten_with_path(a)
+    paths_b, def_b = jax.tree_util.tree_flatten_with_path(b)
+    if def_a != def_b:
+        keys_a = {jax.tree_util.keystr(p) for p, _ in paths_a}
+        keys_b = {jax.tree_util.keystr(p) for p, _ in paths_b}
+        return (f"structures differ ({len(paths_a)} vs {len(paths_b)} leaves); only in the first: "
+                f"{sorted(keys_a - keys_b)[:5]}, only in the second: {sorted(keys_b - keys_a)[:5]}; {def_a} vs {def_b}")
+    for (path, x), (_, y) in zip(paths_a, paths_b):
+        x, y = _as_numpy(x), _as_numpy(y)
+        where = jax.tree_util.keystr(path) or "the root"
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"{where}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}"
+        if not np.array_equal(x, y, equal_nan=x.dtype.kind in "fc"):
+            return f"{where}: values differ"
+    return None
+
+
+def _as_numpy(x):
+    import jax
+
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    return np.asarray(x)
+
+
+def tree_equal(a, b) -> bool:
+    """Same structure, then the same leaves bit for bit (see `tree_difference`)."""
+    return tree_difference(a, b) is None
+
+
+def assert_tree_equal(a, b):
+    difference = tree_difference(a, b)
+    assert difference is None, difference
 
 
 def as_jnp(batch):
