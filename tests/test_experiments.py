@@ -96,11 +96,12 @@ def test_dcgan_experiment_writes_every_output(vit_run, tmp_path, tfds_data_dir):
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
 
 
-def test_fid_command_line_reads_our_gan_checkpoint(tmp_path, vit_run, tfds_data_dir):
+def test_fid_command_line_reads_our_gan_checkpoint(tmp_path, vit_run, tfds_data_dir, monkeypatch):
     """`checkpoint:WORKDIR` is a source of the FID command line (tiny stand-in network)."""
     import numpy as np
 
-    from jaxvision.metrics import cli, fid, sources
+    from jaxvision import fid_cli
+    from jaxvision.metrics import fid, sources
     from jaxvision.tasks import gan
 
     workdir = tmp_path / "gan"
@@ -121,7 +122,17 @@ def test_fid_command_line_reads_our_gan_checkpoint(tmp_path, vit_run, tfds_data_
     ctx = sources.SourceContext(net_factory=mean_pixel_net, num_images=16, batch_size=8)
     features = sources.resolve(f"checkpoint:{workdir}", ctx)
     assert features.mu.shape == (3,) and np.isfinite(features.mu).all()
-    assert cli  # the CLI registers the same scheme at start-up
+
+    # The command line registers the scheme itself at start-up: with no such entry in the
+    # registry it reads the same samples (same seed) and saves the same statistics.
+    monkeypatch.delitem(sources.SOURCES, "checkpoint")
+    out = tmp_path / "stats.npz"
+    argv = [f"checkpoint:{workdir}", "--num-images=16", "--batch-size=8", "--no-cache", f"--save-stats={out}"]
+    assert fid_cli.main(argv, net_factory=mean_pixel_net) == 0
+    with np.load(out) as saved:
+        np.testing.assert_array_equal(saved["mu"], features.mu)
+        np.testing.assert_array_equal(saved["sigma"], features.sigma)
+        assert int(saved["num_images"]) == 16
 
 
 def _write_idx(path, array):
