@@ -332,3 +332,34 @@ def test_tfds_source_cached(tmp_path, tfds_data_dir):
     (entry,) = tmp_path.glob("fashion_mnist_test_40_*.npz")
     assert fid.FeatureSet.load(entry).meta["key"]["net"] == "tiny-test-net"
     assert sources.resolve("tfds:fashion_mnist:test", ctx).meta["key"]["num_images"] == 40  # cache hit
+
+
+def test_metrics_never_import_tasks_or_models():
+    """`metrics` takes features or feature functions: no import of `tasks` or `models`
+    anywhere in it, lazy imports included (the CLI's task-layer sources are registered
+    by the top-level `jaxvision.fid_cli`)."""
+    import ast
+    from pathlib import Path
+
+    import jaxvision.metrics
+
+    found = []
+    for path in Path(jaxvision.metrics.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [(path.name, n) for n in names if n.startswith(("jaxvision.tasks", "jaxvision.models"))]
+    assert found == []
+    assert len(list(Path(jaxvision.metrics.__file__).parent.glob("*.py"))) >= 8  # the glob saw the package
+
+
+def test_top_level_fid_command_registers_the_checkpoint_source(tmp_path, monkeypatch, capsys):
+    from jaxvision import fid_cli
+
+    monkeypatch.delitem(sources.SOURCES, "checkpoint", raising=False)
+    assert cli.main([f"checkpoint:{tmp_path}", "--no-cache"], net_factory=tiny_net) == 1  # metrics alone: unknown
+    assert "registered scheme" in capsys.readouterr().err
+    # The entry point registers it: the source is then read (and finds no run here).
+    assert fid_cli.main([f"checkpoint:{tmp_path}", "--no-cache"], net_factory=tiny_net) == 1
+    assert "config.json" in capsys.readouterr().err
+    assert "checkpoint" in sources.SOURCES

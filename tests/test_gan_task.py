@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +15,6 @@ CFG = gan.GANOptimConfig()
 def tiny_gan(conditional=False, **optim):
     model = gan.GANModelConfig(latent_dim=8, g_width=8, d_width=8, conditional=conditional)
     G, D = gan.build_networks(model, 28, 1, 10 if conditional else None)
-    import dataclasses
-
     return G, D, gan.make_task(G, D, dataclasses.replace(CFG, **optim), image_shape=(28, 28, 1),
                                conditional=conditional)
 
@@ -109,5 +109,24 @@ def test_fixed_noise_is_fixed():
     z1, y1 = gan.fixed_noise(0, 20, 8, 10)
     z2, y2 = gan.fixed_noise(0, 20, 8, 10)
     assert np.array_equal(z1, z2) and list(y1[:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    q = gan.quantize(jnp.array([-1.0, 0.0, 0.999, 1.0]))
+    from jaxvision.metrics.evaluators import quantize
+
+    q = quantize(jnp.array([-1.0, 0.0, 0.999, 1.0]))
     np.testing.assert_allclose(q * 127.5 + 127.5, np.round(q * 127.5 + 127.5), atol=1e-4)
+
+
+def test_progress_bar_shows_the_gan_losses():
+    if "progress_metrics" not in loop.Task.__dataclass_fields__:
+        pytest.skip("loop.Task has no progress_metrics yet")
+    _, _, task = tiny_gan()
+    assert task.progress_metrics == ("d_loss", "g_loss")
+
+
+def test_n_critic_must_be_positive():
+    from jaxvision.config import ConfigError
+
+    with pytest.raises(ConfigError, match="n_critic must be >= 1"):
+        tiny_gan(n_critic=0)
+    _, _, task = tiny_gan(n_critic=2)
+    with pytest.raises(ValueError, match="does not split into n_critic=2"):  # checked before the state is read
+        task.train_step(None, {"image": jnp.zeros((15, 28, 28, 1))})

@@ -7,14 +7,18 @@
 A SOURCE is a folder of images (PNG/JPEG/...), a ``.npz`` of statistics or features
 (ours or pytorch-fid's), ``tfds:NAME[:SPLIT]`` (e.g. ``tfds:cifar10:train``; the
 statistics are cached under ~/.cache/jaxvision/fid_stats), ``checkpoint:WORKDIR`` (EMA
-samples of one of our GAN runs), or a scheme registered in ``jaxvision.metrics.sources.SOURCES``.
+samples of one of our GAN runs: registered by the task layer, see below), or a scheme
+registered in ``jaxvision.metrics.sources.SOURCES``.
 
 Weights: pytorch-fid's FID-Inception, converted once to .npz with
 ``python -m jaxvision.pretrained.inception_convert pt_inception-2015-12-05-6726825d.pth``
 (nothing is downloaded). Only sources that are images need them.
 
-This module is an entry point: it (lazily) wires ``pretrained`` (the weights) and
-``data`` (tfds) into ``metrics``; the library modules below it do not import each other.
+This module (lazily) wires ``pretrained`` (the weights) and ``data`` (tfds) into
+``metrics``; it never imports ``tasks``. Run as ``python -m jaxvision.metrics.cli`` it
+hands over to the top-level entry point ``jaxvision.fid_cli``, which first registers
+the sources of the layers above (``checkpoint:WORKDIR``); ``main`` here has only the
+built-in sources.
 """
 
 from __future__ import annotations
@@ -132,9 +136,6 @@ def main(argv=None, net_factory=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from jaxvision.pretrained.inception import WeightsNotFoundError
-    from jaxvision.tasks.gan import register_checkpoint_source
-
-    register_checkpoint_source()  # `checkpoint:WORKDIR`: samples of one of our GAN runs
 
     try:
         result = run(args, net_factory)
@@ -152,4 +153,7 @@ def main(argv=None, net_factory=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The documented command: the top-level entry point, which adds `checkpoint:WORKDIR`.
+    from jaxvision import fid_cli
+
+    sys.exit(fid_cli.main())

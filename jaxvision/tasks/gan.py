@@ -1,4 +1,6 @@
-"""GAN training on the shared loop: config, the pure alternating D/G step, samples, FD.
+"""DCGAN on the shared loop: its config, its networks' forward functions plugged into the
+adversarial step (`jaxvision.tasks.adversarial`), samples, and the evaluators of
+`jaxvision.metrics.evaluators` (FD-ViT, FID) fed with EMA samples.
 
 One `TrainState` holds both networks: `params`/`opt_state`/`model_state` are dicts
 with "generator" and "discriminator" entries and `extra["ema"]` is the exponential
@@ -14,15 +16,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxvision import config as config_lib
-from jaxvision.losses import GAN_LOSSES, gradient_penalty, r1_penalty
+from jaxvision.losses import per_example_random
+from jaxvision.metrics import evaluators
+from jaxvision.tasks import adversarial
+from jaxvision.tasks.adversarial import G, GANOptimConfig  # noqa: F401 - GANOptimConfig: part of GANConfig
 from jaxvision.train import loop, parallel
 from jaxvision.train import state as state_lib
 from jaxvision.train.plots import save_image_grid
-
-G, D = "generator", "discriminator"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,19 +44,6 @@ class GANDataConfig:
     eval_split: str = "test"
     data_dir: str | None = None
     augment: str = "none"
-
-
-@dataclasses.dataclass(frozen=True)
-class GANOptimConfig:
-    loss: str = "non_saturating"
-    g_learning_rate: float = 2e-4
-    d_learning_rate: float = 2e-4
-    b1: float = 0.5
-    b2: float = 0.999
-    n_critic: int = 1  # D steps per G step; each on its own slice of the batch
-    gp_weight: float = 0.0  # WGAN-GP gradient penalty weight (10 in Gulrajani et al.)
-    r1_gamma: float = 0.0  # R1 penalty: gamma/2 * E||grad D(x)||^2 on real data
-    ema_decay: float = 0.999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +93,9 @@ def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_clas
 
 def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, conditional: bool = False,
               hooks=(), axis_name: str | None = None) -> loop.Task:
-    """`axis_name`: set by the pmap form (G must be built with the same one, for its
-    BatchNorm); gradients are then averaged over that axis."""
-    if cfg.loss not in GAN_LOSSES:
-        raise config_lib.ConfigError(f"Unknown GAN loss {cfg.loss!r}; choose one of {sorted(GAN_LOSSES)}.")
-    d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
-    g_tx = optax.adam(cfg.g_learning_rate, b1=cfg.b1, b2=cfg.b2)
-    d_tx = optax.adam(cfg.d_learning_rate, b1=cfg.b1, b2=cfg.b2)
+    """DCGAN on the shared adversarial step. `axis_name`: set by the pmap form (G must be
+    built with the same one, for its BatchNorm); gradients are then averaged over it."""
+    g_tx, d_tx = adversarial.optimizers(cfg)
     latent = generator.latent_dim
 
     def labels_of(batch):
@@ -126,123 +111,42 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
         y = jnp.zeros((1,), jnp.int32) if conditional else None
         g_vars = generator.init(g_rng, z, y, train=False)
         d_vars = discriminator.init(d_rng, jnp.zeros((1, *image_shape)), y, train=False)
-        params = {G: g_vars["params"], D: d_vars["params"]}
-        return state_lib.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state={G: g_tx.init(params[G]), D: d_tx.init(params[D])},
-            rng=state_rng,
-            model_state={G: g_vars.get("batch_stats", {}), D: d_vars.get("batch_stats", {})},
-            extra={"ema": params[G]},
-        )
+        return adversarial.init_state(g_vars, d_vars, g_tx=g_tx, d_tx=d_tx, rng=state_rng)
 
-    def generate(g_params, g_stats, z, y, train):
+    def generator_inputs(batch, rng):
+        # z for this step. Under pmap, every device draws the global batch's noise and
+        # keeps its own slice, so both parallel forms train on the same z.
+        z = per_example_random(jax.random.normal, rng, (batch["image"].shape[0], latent), axis_name)
+        return z, labels_of(batch)
+
+    def generate(g_params, g_stats, inputs, train):
+        z, y = inputs
         if train:
             images, updates = generator.apply({"params": g_params, "batch_stats": g_stats}, z, y, train=True,
                                               mutable=["batch_stats"])
             return images, updates["batch_stats"]
         return generator.apply({"params": g_params, "batch_stats": g_stats}, z, y, train=False), g_stats
 
-    def critic(d_params, d_stats, x, y, train):
+    def critic(d_params, d_stats, x, batch, train):
+        y = labels_of(batch)
         if train:
             logits, updates = discriminator.apply({"params": d_params, "batch_stats": d_stats}, x, y, train=True,
                                                   mutable=["batch_stats"])
             return logits, updates.get("batch_stats", d_stats)
         return discriminator.apply({"params": d_params, "batch_stats": d_stats}, x, y, train=False), d_stats
 
-    def d_step(state, real, y, rng):
-        z_rng, gp_rng = jax.random.split(rng)
-        z = noise(z_rng, real.shape[0])
-        fake, g_stats = generate(state.params[G], state.model_state[G], z, y, train=True)
-        fake = jax.lax.stop_gradient(fake)
-
-        def loss_fn(d_params):
-            real_logits, d_stats = critic(d_params, state.model_state[D], real, y, train=True)
-            fake_logits, d_stats = critic(d_params, d_stats, fake, y, train=True)
-            loss = d_loss_fn(real_logits, fake_logits)
-            frozen_critic = lambda x: critic(d_params, d_stats, x, y, train=False)[0]  # noqa: E731
-            if cfg.gp_weight:
-                loss = loss + cfg.gp_weight * gradient_penalty(frozen_critic, real, fake, gp_rng)
-            if cfg.r1_gamma:
-                loss = loss + 0.5 * cfg.r1_gamma * r1_penalty(frozen_critic, real)
-            return loss, (d_stats, real_logits, fake_logits)
-
-        (loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params[D])
-        grads = _mean_over(grads, axis_name)
-        updates, d_opt = d_tx.update(grads, state.opt_state[D], state.params[D])
-        state = state.replace(
-            params={**state.params, D: optax.apply_updates(state.params[D], updates)},
-            opt_state={**state.opt_state, D: d_opt},
-            model_state={G: g_stats, D: d_stats},
-        )
-        return state, {
-            "d_loss": loss,
-            "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),  # D(x)
-            "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),  # D(G(z)) before the G step
-        }
-
-    def g_step(state, batch_size, y, rng):
-        z = noise(rng, batch_size)
-
-        def loss_fn(g_params):
-            fake, g_stats = generate(g_params, state.model_state[G], z, y, train=True)
-            logits, _ = critic(state.params[D], state.model_state[D], fake, y, train=False)
-            return g_loss_fn(logits), g_stats
-
-        (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[G])
-        grads = _mean_over(grads, axis_name)
-        updates, g_opt = g_tx.update(grads, state.opt_state[G], state.params[G])
-        g_params = optax.apply_updates(state.params[G], updates)
-        # EMA with a warm-up (as TF's ExponentialMovingAverage with num_updates): early
-        # averages would otherwise be dominated by the random initial weights.
-        decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-        ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, state.extra["ema"], g_params)
-        state = state.replace(
-            params={**state.params, G: g_params},
-            opt_state={**state.opt_state, G: g_opt},
-            model_state={**state.model_state, G: g_stats},
-            extra={**state.extra, "ema": ema},
-        )
-        return state, {"g_loss": loss}
-
-    def noise(rng, batch_size):
-        """z for this step. Under pmap, every device draws the global batch's noise and
-        keeps its own slice, so both parallel forms train on the same z."""
-        if axis_name is None:
-            return jax.random.normal(rng, (batch_size, latent))
-        devices = jax.lax.psum(1, axis_name)
-        z = jax.random.normal(rng, (devices * batch_size, latent))
-        return jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(axis_name) * batch_size, batch_size)
-
-    def train_step(state, batch):
-        images, y = batch["image"], labels_of(batch)
-        n = images.shape[0] // cfg.n_critic
-        metrics = {}
-        for i in range(cfg.n_critic):  # unrolled: n_critic is small and static
-            part = slice(i * n, (i + 1) * n)
-            state, metrics = d_step(state, images[part], None if y is None else y[part], state.step_rng(i))
-        state, g_metrics = g_step(state, n, None if y is None else y[:n], state.step_rng(cfg.n_critic))
-        return state.replace(step=state.step + 1), {**metrics, **g_metrics}
-
-    return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks))
-
-
-def _mean_over(grads, axis_name):
-    return grads if axis_name is None else jax.lax.pmean(grads, axis_name)
+    train_step = adversarial.make_step(cfg, generate=generate, critic=critic, generator_inputs=generator_inputs,
+                                       g_tx=g_tx, d_tx=d_tx, axis_name=axis_name)
+    # The progress bar shows these (the loop's default looks for a "loss" GANs do not have).
+    has_field = "progress_metrics" in loop.Task.__dataclass_fields__
+    progress = {"progress_metrics": ("d_loss", "g_loss")} if has_field else {}
+    return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks), **progress)
 
 
 def sample(generator, state, z, labels=None, *, ema: bool = True):
     """Images from G (its EMA weights by default) in inference mode."""
     params = state.extra["ema"] if ema else state.params[G]
     return generator.apply({"params": params, "batch_stats": state.model_state[G]}, z, labels, train=False)
-
-
-def quantize(images):
-    """[-1, 1] floats -> the uint8 grid real images come from -> back to [-1, 1], so
-    generated and real images reach the feature network the same way."""
-    pixels = jnp.round(jnp.clip((images + 1.0) * 127.5, 0, 255))
-    return pixels / 127.5 - 1.0
 
 
 def fixed_noise(seed: int, count: int, latent_dim: int, num_classes: int | None):
@@ -276,17 +180,19 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
     grid_rows = num_classes or int(np.ceil(np.sqrt(cfg.num_samples_grid)))
     z_grid, y_grid = fixed_noise(cfg.seed, cfg.num_samples_grid, cfg.model.latent_dim, num_classes)
     primary = jax.process_index() == 0
-    fd = _FDEvaluator(cfg, sample_fn, num_classes, classifier_config) if cfg.fd.num_samples else None
+    fd = fd_vit_evaluator(cfg, classifier_config) if cfg.fd.num_samples else None
 
     def samples_hook(step, state):
         images = jax.device_get(sample_fn(state, z_grid, y_grid))
         if primary:
             save_image_grid(images, workdir / "samples" / f"samples_{step:07d}.png", nrow=grid_rows)
         metrics = {}
+        samples = sample_source(sample_fn, state, seed=cfg.seed, latent_dim=cfg.model.latent_dim,
+                                num_classes=num_classes)
         if fd is not None and (step == cfg.total_steps or (cfg.fd.every and step % cfg.fd.every == 0)):
-            metrics.update(fd(state))
+            metrics.update({f"fd_vit/{k}": v for k, v in fd(samples).items()})
         if step == cfg.total_steps and cfg.fd.fid_samples:
-            metrics.update(fid_of_samples(cfg, sample_fn, state, num_classes))
+            metrics.update({f"fid/{k}": v for k, v in fid_of_samples(cfg, samples).items()})
         return metrics
 
     task = make_task(generator, discriminator, cfg.optim, image_shape=image_shape,
@@ -313,26 +219,52 @@ def sample_batches(sample_fn, state, *, num_images: int, batch_size: int, seed: 
         yield sample_fn(state, z, y)
 
 
-def fid_of_samples(cfg: GANConfig, sample_fn, state, num_classes) -> dict:
+def sample_source(sample_fn, state, *, seed: int, latent_dim: int, num_classes: int | None):
+    """`samples(num_images, batch_size)` for the evaluators of `jaxvision.metrics.evaluators`."""
+    return lambda num_images, batch_size: sample_batches(sample_fn, state, num_images=num_images,
+                                                         batch_size=batch_size, seed=seed, latent_dim=latent_dim,
+                                                         num_classes=num_classes)
+
+
+def fid_of_samples(cfg: GANConfig, samples) -> dict:
     """FID (and IS) of EMA samples against the training split, pytorch-fid protocol, when
-    the FID-Inception weights are installed; otherwise nothing (said once on stderr)."""
-    from jaxvision.metrics import sources
-    from jaxvision.metrics.fid import compute_metrics, default_stats_cache_dir
+    the FID-Inception weights are installed; otherwise nothing (said on stderr)."""
     from jaxvision.pretrained.inception import default_weights_path, fid_inception
 
     if not default_weights_path().is_file():
         print(f"FID skipped: no FID-Inception weights at {default_weights_path()} "
               "(see README: FID, Inception Score and KID).", file=sys.stderr)
         return {}
-    n = cfg.fd.fid_samples
-    ctx = sources.SourceContext(net_factory=fid_inception, num_images=n, need_features=True,
-                                cache_dir=default_stats_cache_dir(), data_dir=cfg.data.data_dir)
-    real = sources.resolve(f"tfds:{cfg.data.dataset}:{cfg.data.train_split}", ctx)
-    fake = ctx.extract(sample_batches(sample_fn, state, num_images=n, batch_size=ctx.batch_size, seed=cfg.seed,
-                                      latent_dim=cfg.model.latent_dim, num_classes=num_classes),
-                       value_range=(-1.0, 1.0), num_images=n)
-    result = compute_metrics(fake, real, ("fid", "is"))
-    return {f"fid/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    fid = evaluators.make_evaluator("fid", net_factory=fid_inception, num_images=cfg.fd.fid_samples,
+                                    reference=f"tfds:{cfg.data.dataset}:{cfg.data.train_split}",
+                                    data_dir=cfg.data.data_dir)
+    return fid(samples)
+
+
+def fd_vit_evaluator(cfg: GANConfig, classifier_config=None):
+    """FD-ViT of EMA samples against training images, next to the real-data floor (test
+    images against the same training images). The classifier is `cfg.fd.classifier_workdir`'s
+    run, trained first with `classifier_config` if that folder holds none."""
+    from jaxvision import data
+    from jaxvision.tasks import classification
+
+    classifier = Path(cfg.fd.classifier_workdir)
+    if not (classifier / "config.json").is_file():
+        if classifier_config is None:
+            raise FileNotFoundError(
+                f"FD-ViT needs a trained classifier run in {classifier} (fd.classifier_workdir): run the "
+                "main job (experiments/vit_fashion_mnist.py) first, or set fd.num_samples=0 to skip FD."
+            )
+        print(f"FD-ViT: no classifier in {classifier}; training one for {cfg.fd.classifier_steps} steps first.")
+        classification.run(dataclasses.replace(classifier_config, total_steps=cfg.fd.classifier_steps), classifier)
+
+    def real(split):
+        return data.eval_batches(cfg.data.dataset, split, global_batch_size=500, data_dir=cfg.data.data_dir)
+
+    return evaluators.make_evaluator(
+        "fd", features=classification.feature_fn_from_run(classifier), num_images=cfg.fd.num_samples,
+        reference=real(cfg.data.train_split), floor=real(cfg.data.eval_split), batch_size=500,
+        sample_key="ema_samples", floor_key="real_test_floor")
 
 
 def load_generator(workdir):
@@ -342,7 +274,10 @@ def load_generator(workdir):
 
     from jaxvision.train import load_params
 
-    raw = json.loads((Path(workdir) / "config.json").read_text())
+    config = Path(workdir) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"No GAN run in {workdir} (no config.json): pass the --workdir of a GAN run.")
+    raw = json.loads(config.read_text())
     cfg = config_lib.from_dict(GANConfig, raw)
     ema = load_params(workdir, collection="extra")["ema"]
     batch_stats = load_params(workdir, collection="model_state")[G]
@@ -358,61 +293,12 @@ def _checkpoint_source(rest: str, ctx) -> "FeatureSet":  # noqa: F821 - jaxvisio
     """`checkpoint:WORKDIR` for the FID command line: EMA samples of a GAN run of ours."""
     sample_fn, state, cfg, num_classes = load_generator(rest)
     n = ctx.num_images or 10_000
-    batches = sample_batches(sample_fn, state, num_images=n, batch_size=ctx.batch_size, seed=cfg.seed,
-                             latent_dim=cfg.model.latent_dim, num_classes=num_classes)
-    return ctx.extract(batches, value_range=(-1.0, 1.0), num_images=n, meta={"source": f"checkpoint:{rest}"})
+    samples = sample_source(sample_fn, state, seed=cfg.seed, latent_dim=cfg.model.latent_dim, num_classes=num_classes)
+    return ctx.extract(samples(n, ctx.batch_size), value_range=(-1.0, 1.0), num_images=n,
+                       meta={"source": f"checkpoint:{rest}"})
 
 
 def register_checkpoint_source():
     from jaxvision.metrics import sources
 
     sources.register_source("checkpoint", _checkpoint_source)
-
-
-class _FDEvaluator:
-    """FD-ViT of EMA samples against training images, next to the real-data floor
-    (test images against the same training images)."""
-
-    def __init__(self, cfg: GANConfig, sample_fn, num_classes, classifier_config):
-        from jaxvision import data
-        from jaxvision.tasks import classification
-
-        self.cfg, self.sample_fn, self.num_classes = cfg, sample_fn, num_classes
-        classifier = Path(cfg.fd.classifier_workdir)
-        if not (classifier / "config.json").is_file():
-            if classifier_config is None:
-                raise FileNotFoundError(
-                    f"FD-ViT needs a trained classifier run in {classifier} (fd.classifier_workdir): run the "
-                    "main job (experiments/vit_fashion_mnist.py) first, or set fd.num_samples=0 to skip FD."
-                )
-            print(f"FD-ViT: no classifier in {classifier}; training one for {cfg.fd.classifier_steps} steps first.")
-            classification.run(dataclasses.replace(classifier_config, total_steps=cfg.fd.classifier_steps),
-                               classifier)
-        self.features = classification.feature_fn_from_run(classifier)
-        self.classifier = str(classifier)
-        n = cfg.fd.num_samples
-
-        def real_features(split):
-            """Features of the first `n` images of `split` (fewer if the split is smaller)."""
-            feats, count = [], 0
-            for b in data.eval_batches(cfg.data.dataset, split, global_batch_size=500, data_dir=cfg.data.data_dir):
-                feats.append(np.asarray(self.features(b["image"]))[b["mask"]])
-                count += len(feats[-1])
-                if count >= n:
-                    break
-            return np.concatenate(feats)[:n]
-
-        from jaxvision.metrics import feature_statistics, frechet_distance
-
-        self._stats, self._fd = feature_statistics, frechet_distance
-        self.train_stats = feature_statistics(real_features(cfg.data.train_split))
-        self.floor = frechet_distance(*self.train_stats, *feature_statistics(real_features(cfg.data.eval_split)))
-
-    def __call__(self, state) -> dict:
-        n = self.cfg.fd.num_samples
-        feats = [np.asarray(self.features(quantize(images))) for images in sample_batches(
-            self.sample_fn, state, num_images=n, batch_size=500, seed=self.cfg.seed,
-            latent_dim=self.cfg.model.latent_dim, num_classes=self.num_classes)]
-        fake_stats = self._stats(np.concatenate(feats)[:n])
-        return {"fd_vit/ema_samples": self._fd(*self.train_stats, *fake_stats),
-                "fd_vit/real_test_floor": self.floor}

@@ -1,0 +1,173 @@
+"""The shared adversarial step: logs over n_critic, extra generator losses and pytree
+(two-domain) networks against hand computations, and the WGAN-GP draws under pmap."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxvision.tasks import adversarial, gan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_n_critic_2_logs_the_mean_of_both_critic_steps():
+    model = gan.GANModelConfig(latent_dim=8, g_width=8, d_width=8)
+    G, D = gan.build_networks(model, 28, 1, None)
+    cfg = gan.GANOptimConfig(n_critic=2)
+    task = gan.make_task(G, D, cfg, image_shape=(28, 28, 1))
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
+    images = np.tanh(np.random.default_rng(0).normal(size=(16, 28, 28, 1))).astype(np.float32)
+    new, metrics = jax.jit(task.train_step)(state, {"image": images})
+
+    # The two critic steps by hand: D step i on images[8i:8i+8], noise from step_rng(i).
+    tx = optax.adam(cfg.d_learning_rate, b1=cfg.b1, b2=cfg.b2)
+    d_params, d_opt = state.params["discriminator"], state.opt_state["discriminator"]
+    g_vars = {"params": state.params["generator"], "batch_stats": state.model_state["generator"]}
+    logged = []
+    for i in range(2):
+        z_rng, _ = jax.random.split(state.step_rng(i))
+        fake, _ = G.apply(g_vars, jax.random.normal(z_rng, (8, 8)), None, train=True, mutable=["batch_stats"])
+        real = images[8 * i:8 * i + 8]
+        critic = lambda p, x: D.apply({"params": p}, x, None, train=True)  # noqa: E731
+        r, f = (np.asarray(critic(d_params, x), np.float64) for x in (real, fake))
+        logged.append((np.mean(_softplus(-r)) + np.mean(_softplus(f)), np.mean(_sigmoid(r)), np.mean(_sigmoid(f))))
+        grads = jax.grad(lambda p: jnp.mean(jax.nn.softplus(-critic(p, real)))
+                         + jnp.mean(jax.nn.softplus(critic(p, fake))))(d_params)
+        updates, d_opt = tx.update(grads, d_opt, d_params)
+        d_params = optax.apply_updates(d_params, updates)
+
+    # These are the critic steps the task took: its D ends where the hand steps end.
+    got, want = jax.tree_util.tree_flatten_with_path(new.params["discriminator"]), \
+        jax.tree_util.tree_flatten_with_path(d_params)
+    assert [p for p, _ in got[0]] == [p for p, _ in want[0]] and got[1] == want[1]
+    for (_, a), (_, b) in zip(got[0], want[0]):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+    first, last = np.asarray(logged[0]), np.asarray(logged[1])
+    mean = (first + last) / 2
+    for k, name in enumerate(("d_loss", "d_real", "d_fake")):
+        np.testing.assert_allclose(float(metrics[name]), mean[k], rtol=2e-5)
+    assert abs(mean[0] - last[0]) > 1e-4  # the mean, not the last step's value
+
+
+def _two_domain_step(cycle_weight):
+    """A CycleGAN-shaped use with plain linear maps: G = {ab, ba}, D = {a, b}."""
+    def generate(p, s, inputs, train):
+        return {"b": inputs["a"] @ p["ab"], "a": inputs["b"] @ p["ba"]}, s
+
+    def critic(p, s, images, batch, train):
+        return {k: images[k] @ p[k] for k in ("a", "b")}, s
+
+    def cycle(fake, batch, regenerate):
+        back = regenerate({"a": fake["a"], "b": fake["b"]})  # a -> b -> a, b -> a -> b
+        return cycle_weight * (jnp.mean(jnp.abs(back["a"] - batch["a"])) + jnp.mean(jnp.abs(back["b"] - batch["b"])))
+
+    cfg = adversarial.GANOptimConfig(loss="least_squares", ema_decay=0.5)
+    step = adversarial.make_step(cfg, generate=generate, critic=critic, generator_inputs=lambda batch, rng: batch,
+                                 real=lambda batch: {"a": batch["a"], "b": batch["b"]},
+                                 extra_g_losses={"cycle": cycle})
+    return cfg, step
+
+
+def test_extra_generator_losses_and_two_domain_networks():
+    k = jax.random.split(jax.random.PRNGKey(1), 6)
+    gp = {"ab": jax.random.normal(k[0], (3, 3)), "ba": jax.random.normal(k[1], (3, 3))}
+    dp = {"a": jax.random.normal(k[2], (3,)), "b": jax.random.normal(k[3], (3,))}
+    batch = {"a": jax.random.normal(k[4], (4, 3)), "b": jax.random.normal(k[5], (4, 3))}
+    cfg, step = _two_domain_step(cycle_weight=10.0)
+    g_tx, d_tx = adversarial.optimizers(cfg)
+    state = adversarial.init_state({"params": gp}, {"params": dp}, g_tx=g_tx, d_tx=d_tx, rng=jax.random.PRNGKey(2))
+    new, metrics = jax.jit(step)(state, batch)
+    assert set(metrics) == {"d_loss", "d_real", "d_fake", "g_loss", "g_cycle"}
+
+    a, b, wab, wba, da, db = (np.asarray(x, np.float64) for x in (batch["a"], batch["b"], gp["ab"], gp["ba"],
+                                                                  dp["a"], dp["b"]))
+    # D: least squares summed over the two domains (fakes b = a Wab scored by D_b, a = b Wba by D_a).
+    d_ref = sum(0.5 * np.mean((x @ d - 1) ** 2) + 0.5 * np.mean((f @ d) ** 2)
+                for x, f, d in ((a, b @ wba, da), (b, a @ wab, db)))
+    np.testing.assert_allclose(float(metrics["d_loss"]), d_ref, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["d_real"]), (np.mean(_sigmoid(a @ da)) + np.mean(_sigmoid(b @ db))) / 2,
+                               rtol=1e-5)
+    # G (after the D update): adversarial terms on the new D plus 10 * the cycle L1.
+    da2, db2 = (np.asarray(new.params["discriminator"][x], np.float64) for x in "ab")
+    cycle = 10.0 * (np.mean(np.abs(a @ wab @ wba - a)) + np.mean(np.abs(b @ wba @ wab - b)))
+    adv = 0.5 * np.mean((b @ wba @ da2 - 1) ** 2) + 0.5 * np.mean((a @ wab @ db2 - 1) ** 2)
+    np.testing.assert_allclose(float(metrics["g_cycle"]), cycle, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["g_loss"]), adv + cycle, rtol=1e-5)
+    # The cycle term reaches G's gradient: without it, G moves elsewhere.
+    _, no_cycle = _two_domain_step(cycle_weight=0.0)
+    other, _ = jax.jit(no_cycle)(state, batch)
+    assert not np.allclose(other.params["generator"]["ab"], new.params["generator"]["ab"])
+
+
+_PMAP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxvision.losses import gradient_penalty, per_example_random
+    from jaxvision.tasks import adversarial
+
+    assert jax.device_count() == 2, jax.devices()
+    out = {}
+    # The penalty alone: a per-example critic, 4 examples per device.
+    w = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 1))
+    critic = lambda x: jnp.sum(jnp.tanh(x * w), axis=(1, 2, 3)) + 0.3 * jnp.sum((x * w) ** 2, axis=(1, 2, 3))
+    real = jax.random.normal(jax.random.PRNGKey(1), (8, 2, 2, 1))
+    fake = jax.random.normal(jax.random.PRNGKey(2), (8, 2, 2, 1))
+    rng = jax.random.PRNGKey(3)
+    per_device = lambda x: x.reshape(2, 4, *x.shape[1:])
+    eps = jax.pmap(lambda _: per_example_random(jax.random.uniform, rng, (4, 1, 1, 1), "d"), axis_name="d")(
+        jnp.zeros(2))
+    gp = jax.pmap(lambda r, f: jax.lax.pmean(gradient_penalty(critic, r, f, rng, "d"), "d"), axis_name="d")(
+        per_device(real), per_device(fake))
+    out["eps_differ"] = bool(not np.allclose(eps[0], eps[1]))
+    out["eps_global"] = bool(np.array_equal(np.asarray(eps).reshape(8, 1, 1, 1),
+                                            jax.random.uniform(rng, (8, 1, 1, 1))))
+    out["gp_pmap"] = float(gp[0])
+    out["gp_single"] = float(gradient_penalty(critic, real, fake, rng))
+
+    # The shared step with WGAN-GP (linear G and D): pmap over 2 devices vs jit on the global batch.
+    def step(axis):
+        cfg = adversarial.GANOptimConfig(loss="wgan", gp_weight=10.0)
+        z = lambda batch, rng: per_example_random(jax.random.normal, rng, (batch["image"].shape[0], 3), axis)
+        return adversarial.make_step(cfg, generate=lambda p, s, z, train: ((z @ p).reshape(-1, 2, 2, 1), s),
+                                     critic=lambda p, s, x, batch, train: (jnp.tanh(x.reshape(len(x), -1)) @ p, s),
+                                     generator_inputs=z, axis_name=axis)
+    g_tx, d_tx = adversarial.optimizers(adversarial.GANOptimConfig())
+    state = adversarial.init_state({"params": jax.random.normal(jax.random.PRNGKey(4), (3, 4))},
+                                   {"params": jax.random.normal(jax.random.PRNGKey(5), (4,))},
+                                   g_tx=g_tx, d_tx=d_tx, rng=jax.random.PRNGKey(6))
+    _, m1 = jax.jit(step(None))(state, {"image": real})
+    replicated = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), state)
+    m2 = jax.pmap(lambda s, b: jax.lax.pmean(step("d")(s, b)[1], "d"), axis_name="d")(
+        replicated, {"image": per_device(real)})
+    out["d_loss_single"], out["d_loss_pmap"] = float(m1["d_loss"]), float(m2["d_loss"][0])
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_gradient_penalty_draws_differ_per_device_and_match_the_global_batch():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(ROOT),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", _PMAP_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    assert out["eps_differ"] and out["eps_global"]
+    np.testing.assert_allclose(out["gp_pmap"], out["gp_single"], rtol=1e-5)
+    # Float32 reduction order only.
+    np.testing.assert_allclose(out["d_loss_pmap"], out["d_loss_single"], rtol=1e-4, atol=1e-5)
