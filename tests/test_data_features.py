@@ -261,3 +261,13 @@ def test_augmentation_depends_on_the_global_position_not_the_process_layout(scen
     for a, b in zip(one[5:], resumed):
         np.testing.assert_array_equal(a["image"], b["image"])
     assert len({_to_uint8(x).tobytes() for b in one for x in b["image"]}) > 20  # positions differ, so do images
+
+
+def test_tasks_refuse_a_dataset_without_the_features_they_need(scenes_dir, tmp_path):
+    from jaxvision.tasks import classification
+
+    cfg = classification.ClassificationConfig(data=classification.DataConfig(
+        dataset="jaxvision_test_scenes", data_dir=scenes_dir))
+    with pytest.raises(ValueError, match=r"Classification needs the feature\(s\) \['label'\]"):
+        classification.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -151,7 +151,7 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
     """Train and evaluate a ViT classifier as `cfg` says; write everything to `workdir`."""
     from jaxvision import data  # TensorFlow only here: steps and models stay TF-free
 
-    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir)
+    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir).require("image", "label", purpose="Classification")
     for split in (cfg.data.train_split, cfg.data.eval_split):
         data.pipeline._check_split(data.ensure_prepared(cfg.data.dataset, cfg.data.data_dir), split)
     size = cfg.data.image_size

@@ -126,7 +126,7 @@ def prepare(cfg: FinetuneConfig, *, log=print):
             f"{'exact' if not arch['gelu_approximate'] else 'tanh'} GELU, pretrained at {arch['image_size']}")
     cfg = dataclasses.replace(cfg, model=model_cfg)
 
-    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir)
+    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir).require("image", "label", purpose="Fine-tuning")
     size = cfg.data.image_size
     image_shape = (size, size, info.image_shape[2]) if size else tuple(info.image_shape)
     if None in image_shape:

@@ -162,7 +162,8 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
     from jaxvision import data
 
     workdir = Path(workdir)
-    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir)
+    needs = ("image", "label") if cfg.model.conditional else ("image",)
+    info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir).require(*needs, purpose="The GAN")
     h, w, c = info.image_shape
     size = cfg.model.image_size or h
     if size != h or h != w:
