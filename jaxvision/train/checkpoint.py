@@ -4,6 +4,10 @@ orbax writes each step into a temporary folder and renames it when complete, so 
 crash or SIGKILL mid-save leaves the previous checkpoint intact. If the newest
 finished checkpoint cannot be read (disk fault, manual damage) we fall back to the
 previous one and say so, rather than starting over.
+
+With several processes, orbax's own barriers are collectives on the devices; the
+processes first meet at a `distributed.barrier`, so none reaches a first collective
+long before the others (see `distributed`).
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from jaxvision.train import distributed
+
 log = logging.getLogger(__name__)
 
 
 class Checkpointer:
     def __init__(self, directory, *, save_every: int, keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
+        distributed.barrier("checkpointer")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -39,6 +46,7 @@ class Checkpointer:
             state=ocp.args.StandardSave(serialization.to_state_dict(state)),
             metadata=ocp.args.JsonSave(metadata or {}),
         )
+        distributed.barrier("checkpoint_save")
         return self.manager.save(step, args=args, force=force)
 
     def restore(self, target_state):
@@ -46,6 +54,7 @@ class Checkpointer:
         `target_state` (arrays or ShapeDtypeStructs). Returns (state, metadata, step)
         or None when the directory holds no checkpoint."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, serialization.to_state_dict(target_state))
+        distributed.barrier("checkpoint_restore")
         for step in reversed(self.all_steps()):
             try:
                 restored = self.manager.restore(
