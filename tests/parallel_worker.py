@@ -1,9 +1,19 @@
-"""Run by tests/test_parallel.py in a subprocess with fake CPU devices (XLA_FLAGS set
-before JAX starts). Prints one JSON object of max |difference| per comparison."""
+"""Run by tests/test_parallel.py in subprocesses with fake CPU devices (XLA_FLAGS set
+before JAX starts).
 
+`parallel_worker.py WORKDIR`: 8 devices; prints one JSON object of max |difference| per
+comparison. `parallel_worker.py multiprocess WORKDIR COORDINATOR NUM_PROCESSES PROCESS_ID
+[--sigterm-at-batch N] [--slow-compile SECONDS]`: one process of a multi-process run of
+the tiny ViT on synthetic data; prints its results.
+"""
+
+import argparse
+import dataclasses
 import json
 import os
+import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -13,14 +23,19 @@ import numpy as np  # noqa: E402
 
 from helpers import synthetic_batch, tiny_task  # noqa: E402
 from jaxvision.tasks import gan  # noqa: E402
-from jaxvision.train import loop, parallel  # noqa: E402
+from jaxvision.train import distributed, loop, parallel  # noqa: E402
 
 STEPS, BATCH = 3, 16
 
 
 def max_diff(a, b):
+    """Max |a - b| over the leaves, once both trees have the same structure and key paths."""
+    (leaves_a, tree_a), (leaves_b, tree_b) = jax.tree_util.tree_flatten(a), jax.tree_util.tree_flatten(b)
+    paths = lambda t: [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]]  # noqa: E731
+    assert tree_a == tree_b and paths(a) == paths(b), f"different trees: {tree_a} vs {tree_b}"
+    assert len(leaves_a) == len(leaves_b) > 0
     return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+               for x, y in zip(leaves_a, leaves_b))
 
 
 def vit_task(axis_name):
@@ -100,7 +115,46 @@ def restore_on_more_devices(workdir):
     return out
 
 
+MULTI_STEPS, MULTI_BATCH = 10, 16
+
+
+def multiprocess(argv):
+    """Each process feeds its rows of the same global batches. `--sigterm-at-batch`: this
+    process alone receives SIGTERM while reading that batch. `--slow-compile`: this
+    process traces (so compiles) the train step that many seconds after the others."""
+    parser = argparse.ArgumentParser()
+    for name in ("workdir", "coordinator", "num_processes", "process_id"):
+        parser.add_argument(name)
+    parser.add_argument("--sigterm-at-batch", type=int)
+    parser.add_argument("--slow-compile", type=float, default=0)
+    args = parser.parse_args(argv)
+    n, pid = int(args.num_processes), int(args.process_id)
+    distributed.initialize(args.coordinator, n, pid, timeout_seconds=300)
+    task = vit_task(None)
+    if args.slow_compile:
+        def slow_step(state, batch, step=task.train_step):
+            time.sleep(args.slow_compile)  # runs once, while tracing
+            return step(state, batch)
+        task = dataclasses.replace(task, train_step=slow_step)
+    rows = MULTI_BATCH // n
+
+    def data(start):
+        for i in range(start, MULTI_STEPS):
+            if i == args.sigterm_at_batch:
+                signal.raise_signal(signal.SIGTERM)
+            batch = synthetic_batch(i, MULTI_BATCH)
+            yield {k: v[pid * rows:(pid + 1) * rows] for k, v in batch.items()}
+
+    results = loop.train(task, workdir=args.workdir, train_data=data, total_steps=MULTI_STEPS,
+                         global_batch_size=MULTI_BATCH, log_every=1, checkpoint_every=4, progress=False,
+                         prefetch_batches=0)
+    print("RESULT " + json.dumps(results), flush=True)
+
+
 if __name__ == "__main__":
-    assert jax.device_count() == 8, jax.devices()
-    result = {**compare_forms(), **restore_on_more_devices(sys.argv[1])}
-    print("RESULT " + json.dumps(result))
+    if sys.argv[1] == "multiprocess":
+        multiprocess(sys.argv[2:])
+    else:
+        assert jax.device_count() == 8, jax.devices()
+        result = {**compare_forms(), **restore_on_more_devices(sys.argv[1])}
+        print("RESULT " + json.dumps(result))

@@ -56,13 +56,46 @@ def _free_port():
 def _run_processes(workdir, num_processes, devices_each, form, data_dir):
     coordinator = f"127.0.0.1:{_free_port()}"
     env = {**_env(devices_each), "TFDS_DATA_DIR": data_dir}
-    procs = [subprocess.Popen([sys.executable, str(HERE / "multiprocess_worker.py"), str(workdir), coordinator,
-                               str(num_processes), str(i), form], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    commands = [[sys.executable, str(HERE / "multiprocess_worker.py"), str(workdir), coordinator,
+                 str(num_processes), str(i), form] for i in range(num_processes)]
+    return _wait_all(workdir, commands, env)
+
+
+def _wait_all(workdir, commands, env, expect=0, timeout=900):
+    """Run one process per command (their output to files: a full pipe would block one
+    process and, through the collectives, all); return their outputs once all have ended,
+    asserting each exit code is `expect`. On timeout every process is killed."""
+    logs = Path(f"{workdir}.logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    files = [(open(logs / f"{i}.out", "w"), open(logs / f"{i}.err", "w")) for i in range(len(commands))]
+    procs = [subprocess.Popen(c, env=env, stdout=out, stderr=err, text=True) for c, (out, err) in zip(commands, files)]
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+    finally:
+        for out, err in files:
+            out.close()
+            err.close()
+    outs = [((logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text()) for i in range(len(commands))]
+    for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == expect, f"process {i} exited {p.returncode}, not {expect}: {err[-4000:]}"
     return outs
+
+
+def assert_trees_close(a, b, atol):
+    """Same structure and key paths first, then every leaf within `atol`."""
+    import jax
+
+    (paths_a, tree_a), (paths_b, tree_b) = (jax.tree_util.tree_flatten_with_path(t) for t in (a, b))
+    keys = lambda paths: [jax.tree_util.keystr(k) for k, _ in paths]  # noqa: E731
+    assert tree_a == tree_b and keys(paths_a) == keys(paths_b) and paths_a, (tree_a, tree_b)
+    for (key, x), (_, y) in zip(paths_a, paths_b):
+        np.testing.assert_allclose(x, y, atol=atol, err_msg=jax.tree_util.keystr(key))
 
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path, tfds_data_dir):
@@ -72,15 +105,66 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path, tfds_da
 
     _run_processes(tmp_path / "one", 1, 4, "mesh", tfds_data_dir)
     _run_processes(tmp_path / "two", 2, 2, "mesh", tfds_data_dir)
-    a, b = load_params(tmp_path / "one"), load_params(tmp_path / "two")
-    import jax
-
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(x, y, atol=1e-5)
+    assert_trees_close(load_params(tmp_path / "one"), load_params(tmp_path / "two"), atol=1e-5)
     # Only process 0 writes logs and results; every process wrote its checkpoint part.
     assert (tmp_path / "two" / "results.json").is_file()
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == \
         len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+SLOW_COMPILE_SECONDS = 35  # past the 30 s gloo waits for the other processes' first collective
+
+
+def _tiny_processes(workdir, *extra):
+    """2 processes x 2 devices of parallel_worker.py's tiny synthetic run; `extra[i]`:
+    process i's own options."""
+    coordinator = f"127.0.0.1:{_free_port()}"
+    return [[sys.executable, str(HERE / "parallel_worker.py"), "multiprocess", str(workdir), coordinator, "2",
+             str(i), *(extra[i] if i < len(extra) else [])] for i in range(2)]
+
+
+def _train_log(workdir):
+    records = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records]
+
+
+@pytest.fixture(scope="module")
+def two_processes_one_slow(tmp_path_factory):
+    """10 steps on 2 processes; process 1 compiles its train step 35 s after process 0.
+    The first step's collective opens gloo's connections, for which gloo waits only 30 s:
+    the loop makes the processes meet after compiling, before that first step."""
+    workdir = tmp_path_factory.mktemp("two_slow") / "run"
+    outs = _wait_all(workdir, _tiny_processes(workdir, [], ["--slow-compile", str(SLOW_COMPILE_SECONDS)]), _env(2))
+    return workdir, outs
+
+
+def test_a_process_compiling_much_later_still_meets_the_other(two_processes_one_slow):
+    workdir, outs = two_processes_one_slow
+    results = [json.loads(out.split("RESULT ")[-1]) for out, _ in outs]
+    assert [r["steps"] for r in results] == [10, 10]
+    assert [r["step"] for r in _train_log(workdir) if "train/loss" in r] == list(range(1, 11))
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(two_processes_one_slow, tmp_path):
+    """Process 1 alone is signalled (while reading batch 4, before step 5). The processes
+    agree through an all-process OR read one step later: both save step 6 (checkpoints
+    fall every 4 steps, so this one is the preemption's), exit 143, and the resumed run
+    ends bit for bit equal to the uninterrupted one."""
+    from helpers import assert_tree_equal
+
+    from jaxvision.train import load_params
+
+    straight, _ = two_processes_one_slow
+    workdir = tmp_path / "run"
+    outs = _wait_all(workdir, _tiny_processes(workdir, [], ["--sigterm-at-batch", "4"]), _env(2), expect=143)
+    saved = [int(err.split("saved a checkpoint at step ")[1].split(";")[0]) for _, err in outs]
+    assert saved == [6, 6], saved
+    assert (workdir / "checkpoints" / "6").is_dir()
+
+    outs = _wait_all(workdir, _tiny_processes(workdir), _env(2))
+    assert all("Resuming from the checkpoint at step 6" in err for _, err in outs)
+    assert_tree_equal(load_params(workdir), load_params(straight))
+    assert _train_log(workdir) == _train_log(straight)
 
 
 def test_unreachable_coordinator_is_a_clear_error():

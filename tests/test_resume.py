@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
+from helpers import tree_difference
 from jaxvision.train import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,11 +69,12 @@ def train_log(workdir):
     return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records if "train/loss" in r]
 
 
-def assert_identical(a, b):
-    pa, pb = load_params(a), load_params(b)
-    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert train_log(a) == train_log(b)
+def assert_identical(a, b, context=""):
+    """Same parameter tree (structure and key paths first, then every leaf bit for bit)
+    and the same train log."""
+    difference = tree_difference(load_params(a), load_params(b))
+    assert difference is None, f"{context}: {difference}"
+    assert train_log(a) == train_log(b), context
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +89,13 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(args, tmp_path, t
     straight = request.getfixturevalue("straight_vit") if args is VIT else tmp_path / "straight"
     if args is GAN:
         run(GAN, straight, tfds_data_dir)
-    at = random.Random().randint(2, 8)
+    seed = 13 if args is VIT else 14  # fixed: a failure reproduces with the same kill step
+    at = random.Random(seed).randint(2, 8)
     code, err = interrupt(args, tmp_path / "killed", tfds_data_dir, signal.SIGKILL, at)
-    assert code == -signal.SIGKILL, f"run ended before the kill at step {at}: {err[-2000:]}"
+    assert code == -signal.SIGKILL, f"run ended before the kill at step {at} (seed {seed}): {err[-2000:]}"
     proc = run(args, tmp_path / "killed", tfds_data_dir)
-    assert "Resuming from the checkpoint" in proc.stderr, f"killed at step {at}"
-    assert_identical(straight, tmp_path / "killed")
+    assert "Resuming from the checkpoint" in proc.stderr, f"killed at step {at} (seed {seed})"
+    assert_identical(straight, tmp_path / "killed", f"killed at step {at} (seed {seed})")
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_bit_identical(straight_vit, tmp_path, tfds_data_dir):

@@ -7,6 +7,7 @@ import pytest
 
 from helpers import as_jnp, synthetic_batch, synthetic_data, tiny_task, tree_equal
 from jaxvision.train import Checkpointer, NonFiniteLossError, load_params, loop, optim, parallel
+from jaxvision.train import workdir as workdir_lib
 
 TRAIN_KW = dict(global_batch_size=8, seed=0, log_every=2, checkpoint_every=3, progress=False)
 
@@ -35,7 +36,8 @@ def test_checkpoint_restore_gives_identical_params_and_next_step(tmp_path):
     task = tiny_task()
     run(task, tmp_path, total_steps=3)
     state, metadata, step = restore_state(task, tmp_path)
-    assert step == 3 and metadata == {"step": 3} and int(state.step) == 3
+    assert step == 3 and metadata["step"] == 3 and int(state.step) == 3
+    assert metadata["results"]["steps"] == 3 and metadata["results"]["train_loss"] > 0
     params = load_params(tmp_path)
     assert tree_equal(params, state.params)
 
@@ -90,7 +92,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
 
 
 def test_a_workdir_in_use_is_refused(tmp_path):
-    with loop._workdir_lock(tmp_path, True):
+    with workdir_lib.lock(tmp_path, True):
         with pytest.raises(RuntimeError, match="in use by another run"):
             run(tiny_task(), tmp_path)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _plain(value):
+def plain(value):
+    """A JSON-ready Python number or (nested) list of one."""
     value = np.asarray(value)
     return value.item() if value.ndim == 0 else value.tolist()
 
@@ -45,7 +46,7 @@ class MetricWriter:
     def write(self, step: int, metrics: dict):
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        record = {"step": int(step), **{k: plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:

@@ -1,35 +1,34 @@
 """The one training loop, shared by every task.
 
 A task supplies pure functions: `init(rng) -> TrainState`, `train_step(state, batch)
--> (state, metrics)` and optionally `eval_step(state, batch) -> metric sums` plus
-`hooks` (sample grids, Fréchet distance). The loop supplies everything around them:
-the device mesh, resume from the newest checkpoint, periodic checkpoints, metric
-logs, a progress bar, plots, preemption handling, and `results.json`.
+-> (state, metrics)`, optionally `eval_step(state, batch) -> statistics` with a
+`finalize(totals) -> metrics`, and `hooks` (sample grids, Fréchet distance). The loop
+supplies everything around them: the device mesh, resume from the newest checkpoint,
+periodic actions (log, evaluate, save, stop on preemption), a progress bar, plots and
+`results.json`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import json
 import math
-import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
-import numpy as np
 
-from jaxvision.train import parallel
+from jaxvision.train import distributed, parallel
+from jaxvision.train import workdir as workdir_lib
 from jaxvision.train.checkpoint import Checkpointer
-from jaxvision.train.logging import MetricWriter, read_metrics
+from jaxvision.train.logging import MetricWriter, plain, read_metrics
 from jaxvision.train.plots import plot_metrics
+from jaxvision.train.preemption import PREEMPTED_EXIT_CODE, Preempted, Preemption
 from jaxvision.train.prefetch import prefetch
 from jaxvision.train.state import TrainState
+
+__all__ = ["LoopConfig", "NonFiniteLossError", "PREEMPTED_EXIT_CODE", "Preempted", "Task", "evaluate", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,91 +57,33 @@ class LoopConfig:
 class Task:
     init: Callable[[jax.Array], TrainState]
     train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
-    # Returns per-batch *sums* with a "count" entry; the loop divides at the end.
+    # Statistics of one batch (any pytree); the loop sums them over the evaluation set.
     eval_step: Callable[[TrainState, dict], dict] | None = None
     # Called on every process at eval points as hook(step, state); returns metrics to log.
     hooks: Sequence[Callable[[int, TrainState], dict | None]] = ()
+    # totals -> {name: metric} (mIoU from a confusion matrix, AP, ...). None: the totals
+    # are a dict of sums with a "count" entry, and each metric is its sum / count.
+    finalize: Callable[[dict], dict] | None = None
+    # The train metrics shown in the progress bar.
+    progress_metrics: tuple[str, ...] = ("loss",)
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
 
 
-# 128 + SIGTERM: what a process killed by SIGTERM reports, so schedulers requeue the job.
-PREEMPTED_EXIT_CODE = 143
-
-
-class Preempted(SystemExit):
-    """Raised after SIGTERM once the checkpoint is saved; exits with code 143."""
-
-
-def _check_workdir(workdir: Path) -> None:
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(
-            f"Cannot write to workdir {str(workdir)!r} ({err.strerror}). Pass a writable --workdir."
-        ) from err
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir: Path, enabled: bool):
-    """One run per workdir: a second run would interleave checkpoints and logs."""
-    if not enabled:
-        yield
-        return
-    with open(workdir / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise RuntimeError(
-                f"Workdir {str(workdir)!r} is in use by another run ({f.read().strip() or 'unknown pid'}). "
-                "Wait for it to finish, or pass another --workdir."
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        yield
-
-
-class _Preemption:
-    """SIGTERM (what schedulers send before preempting) -> save a checkpoint, then exit."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not in the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _mean_metrics(sums: dict, count: int) -> dict:
-    return {k: float(v) / count for k, v in jax.device_get(sums).items()}
-
-
-def evaluate(eval_fn, state, batches: Iterable, form, prefix: str) -> dict:
-    """Sum a task's eval metrics over every batch, then divide by the example count."""
+def evaluate(eval_fn, state, batches: Iterable, form, prefix: str, finalize=None) -> dict:
+    """Sum a task's eval statistics over every batch, then turn them into metrics:
+    `finalize(totals)`, or each sum divided by the "count" entry when there is none."""
     totals = None
     for batch in batches:
-        sums = eval_fn(state, form.put_batch(batch))
-        totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
+        stats = eval_fn(state, form.put_batch(batch))
+        totals = stats if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, stats)
+    if totals is None:
+        raise ValueError("The evaluation data yielded no batches; check the eval split (e.g. 'test[:1000]').")
     totals = jax.device_get(totals)
+    if finalize is not None:
+        return {f"{prefix}/{k}": plain(v) for k, v in finalize(totals).items()}
     count = float(totals.pop("count"))
     return {f"{prefix}/{k}": float(v) / count for k, v in totals.items()}
 
@@ -174,120 +115,195 @@ def train(
     `parallel_form`: "mesh" (jit + NamedSharding), "pmap", or a strategy object from
     `jaxvision.train.parallel.make`; the task must be built with its `axis_name`.
     `prefetch_batches`: batches put on the devices ahead of the running step (0: none).
-    Returns the results dict also written to `workdir/results.json`.
+    Returns the results dict also written to `workdir/results.json`; a run that had
+    already finished returns (and keeps) the results it had.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir).absolute()
     primary = jax.process_index() == 0
-    _check_workdir(workdir)
+    workdir_lib.check_writable(workdir)
     form = parallel.make(parallel_form, fsdp=fsdp) if isinstance(parallel_form, str) else parallel_form
     form.check_batch(global_batch_size)
 
-    with _workdir_lock(workdir, primary), _Preemption() as preemption:
+    with workdir_lib.lock(workdir, primary), Preemption() as preemption:
         rng = jax.random.PRNGKey(seed)
         abstract = jax.eval_shape(task.init, rng)
         form.prepare(abstract)
         checkpointer = Checkpointer(workdir / "checkpoints", save_every=checkpoint_every, keep=keep_checkpoints)
         restored = checkpointer.restore(form.restore_target(abstract))
         if restored is None:
-            state = form.init(task.init, rng)
-            start_step = 0
+            state, metadata, start_step = form.init(task.init, rng), {}, 0
         else:
-            state, _, start_step = restored
+            state, metadata, start_step = restored
             state = form.from_checkpoint(state)
             print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}", file=sys.stderr)
+        if start_step >= total_steps:
+            checkpointer.close()
+            return _already_finished(workdir, metadata, start_step, primary)
 
         writer = MetricWriter(workdir, enabled=primary, resume_step=start_step)
         if primary:
-            _write_run_info(workdir, config, form, start_step)
-        step_fn = form.compile_step(task.train_step)
-        eval_fn = form.compile_eval(task.eval_step) if task.eval_step else None
-
-        def run_eval(step, state):
-            metrics = {}
-            if eval_fn is not None and eval_data is not None:
-                metrics.update(evaluate(eval_fn, state, eval_data(), form, eval_prefix))
-            if task.hooks:
-                host = form.host_state(state)
-                for hook in task.hooks:
-                    metrics.update(hook(step, host) or {})
-            if metrics:
-                writer.write(step, metrics)
-            return metrics
-
+            workdir_lib.write_run_info(workdir, config, form, start_step)
+        step_fn = distributed.compile_together(form.compile_step(task.train_step), "train_step")
+        eval_fn = distributed.compile_together(form.compile_eval(task.eval_step), "eval_step") \
+            if task.eval_step else None
         data = prefetch(train_data(start_step), form.put_batch, prefetch_batches)
         bar = _progress(start_step, total_steps, enabled=progress and primary)
-        sums, n_sum, last_good = None, 0, start_step
-        timed_images, timed_seconds, t_interval = 0, 0.0, None
-        last_train, last_eval = {}, {}
+        run = _Actions(task, form, writer, checkpointer, bar, global_batch_size,
+                       lambda step, state: _evaluate_all(task, eval_fn, eval_data, eval_prefix, form, step, state),
+                       start_step, t_start, metadata.get("results", {}).get("wall_seconds_total", 0.0))
         step = start_step
         try:
             while step < total_steps:
                 state, metrics = step_fn(state, next(data))
-                metrics = form.metrics(metrics)
                 step += 1
-                sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
-                n_sum += 1
-                if t_interval is None:  # the first step compiles: time from after it
-                    jax.block_until_ready(metrics)
-                    t_interval, n_timed = time.perf_counter(), 0
-                else:
-                    n_timed += 1
+                run.meter.add(form.metrics(metrics))
                 bar.update(1)
-                save_due = step % checkpoint_every == 0 or step == total_steps or preemption.requested
-                eval_due = (eval_every and step % eval_every == 0) or step == total_steps
+                stop = preemption.should_stop()  # read once: the save and the stop agree
+                save_due = step % checkpoint_every == 0 or step == total_steps or stop
+                eval_due = bool(eval_every and step % eval_every == 0) or step == total_steps
                 if step % log_every == 0 or save_due or eval_due:
-                    last_train = _mean_metrics(sums, n_sum)
-                    now = time.perf_counter()
-                    timed_images += n_timed * global_batch_size
-                    timed_seconds += now - t_interval
-                    t_interval, n_timed = now, 0
-                    if not all(math.isfinite(v) for v in last_train.values()):
-                        raise NonFiniteLossError(
-                            f"Non-finite training metrics {last_train} in steps {step - n_sum + 1}-{step}. "
-                            f"Stopped without saving; the last good checkpoint (step {last_good}) in "
-                            f"{checkpointer.directory} is kept. Lower the learning rate or enable gradient "
-                            "clipping, then rerun the same command: it resumes from that checkpoint."
-                        )
-                    ips = timed_images / timed_seconds if timed_seconds else float("nan")
-                    writer.write(step, {**{f"train/{k}": v for k, v in last_train.items()},
-                                        "train/images_per_second": ips})
-                    bar.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}", img_s=f"{ips:.0f}")
-                    sums, n_sum = None, 0
+                    run.log(step)
                 if eval_due:
-                    last_eval = run_eval(step, state) or last_eval
+                    run.evaluate(step, state)
                 if save_due:
-                    if preemption.requested:
-                        checkpointer.wait()  # let a save still in flight finish first
-                    checkpointer.save(step, form.host_state(state), {"step": step}, force=True)
-                    last_good = step
-                if eval_due or save_due:  # keep evaluation and saving out of img/s
-                    t_interval = time.perf_counter()
-                if preemption.requested:
-                    checkpointer.wait()
-                    if step not in checkpointer.all_steps():
-                        raise RuntimeError(f"SIGTERM: the checkpoint at step {step} was not written; "
-                                           f"the newest one is {checkpointer.all_steps()[-1:]}.")
-                    print(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume.",
-                          file=sys.stderr)
-                    raise Preempted(PREEMPTED_EXIT_CODE)
+                    run.save(step, state, preempted=stop)
+                if eval_due or save_due:
+                    run.meter.restart_clock()  # keep evaluation and saving out of img/s
+                if stop:
+                    run.stop(step)
         finally:
             bar.close()
             checkpointer.close()
             writer.close()
 
-        results = {
-            "steps": step,
-            "resumed_from_step": start_step,
-            "wall_seconds": time.perf_counter() - t_start,
-            "train_images_per_second": timed_images / timed_seconds if timed_seconds else None,
-            **{f"train_{k}": v for k, v in last_train.items()},
-            **{k.replace("/", "_"): v for k, v in last_eval.items()},
-        }
+        results = run.results(step)
         if primary:
-            (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            workdir_lib.write_results(workdir, results)
             plot_metrics(read_metrics(workdir), workdir / "plots")
         return results
+
+
+def _already_finished(workdir: Path, metadata: dict, step: int, primary: bool) -> dict:
+    results, changed = workdir_lib.finished_results(workdir, metadata, step)
+    print(f"The run in {workdir} had already finished at step {step}; its results are kept.", file=sys.stderr)
+    if primary and changed:
+        workdir_lib.write_results(workdir, results)
+    return results
+
+
+def _evaluate_all(task: Task, eval_fn, eval_data, eval_prefix: str, form, step: int, state) -> dict:
+    """The task's evaluation and its hooks' metrics at this step (empty if it has none)."""
+    metrics = {}
+    if eval_fn is not None and eval_data is not None:
+        metrics.update(evaluate(eval_fn, state, eval_data(), form, eval_prefix, task.finalize))
+    if task.hooks:
+        host = form.host_state(state)
+        for hook in task.hooks:
+            metrics.update(hook(step, host) or {})
+    return metrics
+
+
+class _Meter:
+    """The train metrics summed on the devices since the last log, and images per second
+    over training steps only: the first step (compilation) and the time spent evaluating
+    and saving are left out."""
+
+    def __init__(self, global_batch_size: int):
+        self.batch = global_batch_size
+        self.sums, self.count = None, 0
+        self.images, self.seconds = 0, 0.0
+        self.t_interval, self.n_timed = None, 0
+
+    def add(self, metrics) -> None:
+        self.sums = metrics if self.sums is None else jax.tree_util.tree_map(lambda a, b: a + b, self.sums, metrics)
+        self.count += 1
+        if self.t_interval is None:  # the first step compiles: time from after it
+            jax.block_until_ready(metrics)
+            self.t_interval, self.n_timed = time.perf_counter(), 0
+        else:
+            self.n_timed += 1
+
+    def take(self) -> tuple[dict, int]:
+        """(means of the metrics summed since the last take, how many steps they cover)."""
+        means = {k: float(v) / self.count for k, v in jax.device_get(self.sums).items()}
+        now = time.perf_counter()
+        self.images += self.n_timed * self.batch
+        self.seconds += now - self.t_interval
+        self.t_interval, self.n_timed = now, 0
+        count, self.sums, self.count = self.count, None, 0
+        return means, count
+
+    def restart_clock(self) -> None:
+        self.t_interval = time.perf_counter()
+
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None
+
+
+class _Actions:
+    """The periodic actions of one `train` call (log, evaluate, save, stop) and what they
+    share: the last metrics of each kind, the last good checkpoint, the clock."""
+
+    def __init__(self, task, form, writer, checkpointer, bar, global_batch_size, evaluate_fn, start_step,
+                 t_start, prior_seconds):
+        self.task, self.form, self.writer, self.checkpointer, self.bar = task, form, writer, checkpointer, bar
+        self.meter = _Meter(global_batch_size)
+        self.evaluate_fn = evaluate_fn
+        self.start_step, self.last_good = start_step, start_step
+        self.t_start, self.prior_seconds = t_start, prior_seconds
+        self.last_train, self.last_eval = {}, {}
+
+    def log(self, step: int) -> None:
+        means, count = self.meter.take()
+        if not all(math.isfinite(v) for v in means.values()):
+            raise NonFiniteLossError(
+                f"Non-finite training metrics {means} in steps {step - count + 1}-{step}. "
+                f"Stopped without saving; the last good checkpoint (step {self.last_good}) in "
+                f"{self.checkpointer.directory} is kept. Lower the learning rate or enable gradient "
+                "clipping, then rerun the same command: it resumes from that checkpoint."
+            )
+        ips = self.meter.images_per_second()
+        ips = float("nan") if ips is None else ips
+        self.writer.write(step, {**{f"train/{k}": v for k, v in means.items()}, "train/images_per_second": ips})
+        shown = {k: f"{means.get(k, float('nan')):.4f}" for k in self.task.progress_metrics}
+        self.bar.set_postfix(**shown, img_s=f"{ips:.0f}")
+        self.last_train = means
+
+    def evaluate(self, step: int, state) -> None:
+        metrics = self.evaluate_fn(step, state)
+        if metrics:
+            self.writer.write(step, metrics)
+            self.last_eval = {k: plain(v) for k, v in metrics.items()}  # results.json and checkpoints hold JSON
+
+    def save(self, step: int, state, *, preempted: bool) -> None:
+        if preempted:
+            self.checkpointer.wait()  # let a save still in flight finish first
+        # The results so far travel with the checkpoint: a run restarted after its last
+        # step returns them, and the next process adds its time to wall_seconds_total.
+        metadata = {"step": step, "results": self.results(step)}
+        self.checkpointer.save(step, self.form.host_state(state), metadata, force=True)
+        self.last_good = step
+
+    def stop(self, step: int) -> None:
+        self.checkpointer.wait()
+        if step not in self.checkpointer.all_steps():
+            raise RuntimeError(f"SIGTERM: the checkpoint at step {step} was not written; "
+                               f"the newest one is {self.checkpointer.all_steps()[-1:]}.")
+        print(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to resume.", file=sys.stderr)
+        raise Preempted(PREEMPTED_EXIT_CODE)
+
+    def results(self, step: int) -> dict:
+        seconds = time.perf_counter() - self.t_start
+        return {
+            "steps": step,
+            "resumed_from_step": self.start_step,
+            "wall_seconds": seconds,  # this process
+            "wall_seconds_total": self.prior_seconds + seconds,  # and those it resumed from
+            "train_images_per_second": self.meter.images_per_second(),
+            **{f"train_{k}": v for k, v in self.last_train.items()},
+            **{k.replace("/", "_"): v for k, v in self.last_eval.items()},
+        }
 
 
 def _progress(start, total, enabled):
@@ -295,18 +311,3 @@ def _progress(start, total, enabled):
 
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
                 mininterval=1.0, file=sys.stderr)
-
-
-def _write_run_info(workdir: Path, config: dict | None, form, start_step: int) -> None:
-    info = {
-        "command": " ".join(sys.argv),
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "parallel": form.name,
-        "devices": [str(d) for d in jax.devices()],
-        "process_count": jax.process_count(),
-        "resumed_from_step": start_step,
-    }
-    (workdir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    if config is not None:
-        (workdir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
