@@ -138,9 +138,7 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
     train_step = adversarial.make_step(cfg, generate=generate, critic=critic, generator_inputs=generator_inputs,
                                        g_tx=g_tx, d_tx=d_tx, axis_name=axis_name)
     # The progress bar shows these (the loop's default looks for a "loss" GANs do not have).
-    has_field = "progress_metrics" in loop.Task.__dataclass_fields__
-    progress = {"progress_metrics": ("d_loss", "g_loss")} if has_field else {}
-    return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks), **progress)
+    return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks), progress_metrics=("d_loss", "g_loss"))
 
 
 def sample(generator, state, z, labels=None, *, ema: bool = True):
