@@ -216,11 +216,7 @@ def unflatten_variables(flat: Mapping[str, np.ndarray]) -> dict:
 # --- reading the .pth (PyTorch), writing / reading the .npz (NumPy) ----------------------------
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return inception_torchscript.file_digest(path, "sha256")
 
 
 def read_pth(path) -> dict:

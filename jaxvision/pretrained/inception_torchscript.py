@@ -205,12 +205,17 @@ def check_code(root: ScriptModule, code: dict[str, str]) -> None:
                                    f"network of {PACKAGE}'s {FILENAME}")
 
 
-def file_sha1(path) -> str:
-    h = hashlib.sha1()
+def file_digest(path, algorithm: str) -> str:
+    """Hex digest of a (large) file, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_sha1(path) -> str:
+    return file_digest(path, "sha1")
 
 
 def read_variables(path, archive: TorchScriptArchive | None = None) -> dict:
