@@ -12,7 +12,9 @@ Built in:
 * ``"fd"``: Fréchet distance of the samples in a feature space of the caller's (e.g.
   our ViT's pre-logits, "FD-ViT"), next to an optional real-data floor;
 * ``"fid"``: FID (and IS) with pytorch-fid's protocol (``jaxvision.metrics.fid``)
-  against an image source (``tfds:NAME:SPLIT``, a folder, a statistics ``.npz``).
+  against an image source (``tfds:NAME:SPLIT``, a folder, a statistics ``.npz``);
+* ``"precision_recall"``: improved precision/recall and density/coverage in a feature
+  space of the caller's; ``"class_histogram"``: the classes a classifier assigns.
 
 Adding one::
 
@@ -31,6 +33,7 @@ from typing import Callable, Iterable
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision.metrics import fidelity
 from jaxvision.metrics.frechet import feature_statistics, frechet_distance
 
 SampleSource = Callable[[int, int], Iterable]  # (num_images, batch_size) -> float image batches in [-1, 1]
@@ -109,6 +112,32 @@ def frechet(*, features: Callable, reference, num_images: int = 10_000, floor=No
             sample_key: str = "samples", floor_key: str = "real_floor") -> Evaluator:
     return FrechetEvaluator(features, reference=reference, num_images=num_images, floor=floor,
                             batch_size=batch_size, sample_key=sample_key, floor_key=floor_key)
+
+
+def _sample_outputs(fn: Callable, samples: SampleSource, num_images: int, batch_size: int) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(quantize(x))) for x in samples(num_images, batch_size)])[:num_images]
+
+
+@register_evaluator("precision_recall")
+def precision_recall(*, features: Callable, reference, num_images: int = 10_000, batch_size: int = 500,
+                     k_pr: int = 3, k_dc: int = 5) -> Evaluator:
+    """{precision, recall, density, coverage} of quantised samples against the features
+    of real batches `reference` (computed once, here)."""
+    real = reference_features(features, reference, num_images)
+    return lambda samples: fidelity.precision_recall_density_coverage(
+        real, _sample_outputs(features, samples, num_images, batch_size), k_pr=k_pr, k_dc=k_dc)
+
+
+@register_evaluator("class_histogram")
+def class_histogram(*, classifier: Callable, num_classes: int, num_images: int = 10_000,
+                    batch_size: int = 500) -> Evaluator:
+    """Normalised entropy, smallest and largest share of the classes `classifier`
+    (images -> logits [B, C]) assigns to quantised samples."""
+    def evaluate(samples: SampleSource) -> dict:
+        h = fidelity.class_histogram(_sample_outputs(classifier, samples, num_images, batch_size), num_classes)
+        return {"class_entropy": h["entropy_normalized"], "class_share_min": h["min_share"],
+                "class_share_max": h["max_share"]}
+    return evaluate
 
 
 @register_evaluator("fid")
