@@ -49,15 +49,14 @@ def test_vit_experiment_writes_every_output(vit_run):
     assert json.loads((vit_run / "run.json").read_text())["backend"] == "cpu"
 
 
-def test_finished_run_resumes_without_training_again(vit_run):
-    before = (vit_run / "metrics.jsonl").read_text()
+def test_rerunning_a_finished_run_keeps_its_results(vit_run):
+    before = {name: (vit_run / name).read_text() for name in ("metrics.jsonl", "results.json")}
     proc = run_script("vit_fashion_mnist.py", vit_run, *TINY_VIT)
     assert "Resuming from the checkpoint at step 6" in proc.stderr
-    assert json.loads((vit_run / "results.json").read_text())["resumed_from_step"] == 6
-    # Only the final evaluation is written again; no training step is repeated.
-    after = (vit_run / "metrics.jsonl").read_text()
-    assert [json.loads(x) for x in after.splitlines() if "train/loss" in x] == \
-           [json.loads(x) for x in before.splitlines() if "train/loss" in x]
+    assert "had already finished at step 6" in proc.stderr
+    # Nothing is trained, evaluated or rewritten: the test accuracy stays in results.json.
+    assert {name: (vit_run / name).read_text() for name in before} == before
+    assert "test_accuracy" in json.loads(before["results.json"])
 
 
 @pytest.mark.parametrize("override, message", [
