@@ -106,6 +106,12 @@ def test_a_finished_run_started_again_keeps_its_results(tmp_path):
     assert {k: v for k, v in again.items() if k not in times} == {k: v for k, v in first.items() if k not in times}
     assert json.loads((tmp_path / "results.json").read_text()) == again
 
+    # results.json truncated (a kill mid-write by an older version): recovered the same way.
+    (tmp_path / "results.json").write_text(json.dumps(again)[:40])
+    assert run(task, tmp_path, total_steps=6, eval_data=eval_batches) == again
+    assert json.loads((tmp_path / "results.json").read_text()) == again
+    assert not list(tmp_path.glob(".results.json.*"))  # no temporary file left behind
+
     # Checkpoints of older versions hold no results: the same numbers from metrics.jsonl.
     rebuilt = workdir_lib.results_from_log(tmp_path, 6)
     skip = (*times, "resumed_from_step")

@@ -71,12 +71,19 @@ def write_run_info(workdir: Path, config: dict | None, form, start_step: int) ->
 
 
 def write_results(workdir: Path, results: dict) -> None:
-    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # Written beside, then renamed: a kill mid-write leaves the previous file whole.
+    tmp = workdir / f".results.json.{jax.process_index()}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, workdir / "results.json")
 
 
 def read_results(workdir: Path) -> dict | None:
+    """results.json, or None when it is missing or unreadable (then it is rebuilt)."""
     path = workdir / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def finished_results(workdir: Path, metadata: dict, step: int) -> tuple[dict, bool]:
