@@ -1,0 +1,2 @@
+"""Command-line applications that use a trained run on a user's own images
+(`python -m jaxvision.apps.<name> --help`)."""
