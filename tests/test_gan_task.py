@@ -128,3 +128,39 @@ def test_n_critic_must_be_positive():
     _, _, task = tiny_gan(n_critic=2)
     with pytest.raises(ValueError, match="does not split into n_critic=2"):  # checked before the state is read
         task.train_step(None, {"image": jnp.zeros((15, 28, 28, 1))})
+
+
+def test_ema_samples_use_batchnorm_statistics_of_the_ema_weights():
+    G, _, task = tiny_gan(conditional=True)
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
+    # EMA weights that differ from the raw ones, and raw running statistics far from anything.
+    ema = jax.tree_util.tree_map(lambda p: p * 1.5 + 0.01, state.params["generator"])
+    raw_stats = jax.tree_util.tree_map(lambda s: s + 3.0, state.model_state["generator"])
+    state = state.replace(extra={"ema": ema}, model_state={**state.model_state, "generator": raw_stats})
+    z, y = gan.fixed_noise(1, 64, 8, 10)
+    new = gan.with_ema_batch_stats(G, state, z, y)
+    stats = new.model_state["generator"]
+    assert jax.tree_util.tree_structure(stats) == jax.tree_util.tree_structure(raw_stats)
+    # Independent truth, BatchNorm's definition: in inference mode with these statistics the
+    # EMA generator reproduces its train-mode (batch-statistics) output on the same batch.
+    train_mode, _ = G.apply({"params": ema, "batch_stats": raw_stats}, z, y, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(gan.sample(G, new, z, y), train_mode, atol=2e-5)
+    # ... which the raw statistics do not; and they no longer matter at all.
+    assert np.abs(np.asarray(gan.sample(G, state, z, y)) - np.asarray(train_mode)).max() > 0.1
+    other = state.replace(model_state={**state.model_state,
+                                       "generator": jax.tree_util.tree_map(lambda s: s * 7.0, raw_stats)})
+    assert tree_equal(gan.with_ema_batch_stats(G, other, z, y).model_state, new.model_state)
+    # The first BatchNorm's statistics against NumPy: mean and (biased) variance per channel
+    # of the EMA projection of [z, embed(y)].
+    h = np.concatenate([np.asarray(z, np.float64), np.asarray(ema["label_embed"]["embedding"], np.float64)[y]], -1)
+    h = (h @ np.asarray(ema["project"]["kernel"], np.float64)).reshape(64, 7, 7, -1)
+    np.testing.assert_allclose(stats["project_bn"]["mean"], h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["project_bn"]["var"], h.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_ema_batch_stats_option_is_checked():
+    G, _, _ = tiny_gan()
+    with pytest.raises(Exception, match="ema_batch_stats must be one of"):
+        gan.ema_sampling_state(G, dataclasses.replace(gan.GANConfig(), ema_batch_stats="median"), None)
+    with pytest.raises(Exception, match="at least 2"):
+        gan.ema_sampling_state(G, dataclasses.replace(gan.GANConfig(), ema_stats_samples=1), None)

@@ -87,6 +87,10 @@ class Generator(nn.Module):
     # Under pmap, the mapped axis name: BatchNorm then averages its batch statistics over
     # all devices, so per-device batches train like one global batch (as under jit).
     axis_name: str | None = None
+    # Weight of the old running average in each BatchNorm update (PyTorch momentum 0.1 ==
+    # flax momentum 0.9). 0 makes the running statistics exactly those of the last batch:
+    # how the statistics of EMA weights are recomputed (jaxvision.tasks.gan).
+    bn_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, z, labels=None, *, train: bool):
@@ -103,8 +107,8 @@ class Generator(nn.Module):
                            name="label_embed")(labels)
             x = jnp.concatenate([x, emb], axis=-1)
 
-        # PyTorch momentum 0.1 == flax momentum 0.9; eps 1e-5 as in the paper's code.
-        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+        # eps 1e-5 as in the paper's code.
+        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                                        epsilon=1e-5, dtype=self.dtype, name=name,
                                        axis_name=self.axis_name if train else None)
         ch = self.width * 2 ** (n - 1)

@@ -76,6 +76,12 @@ class GANConfig(loop.LoopConfig):
     total_steps: int = 3000
     sample_every: int = 500
     num_samples_grid: int = 64
+    # BatchNorm statistics that EMA samples are drawn with. "recompute": G's EMA weights
+    # run in train mode on `ema_stats_samples` fixed noise vectors and keep that batch's
+    # statistics. "raw": the raw generator's running averages, which describe other weights
+    # and which D steps update too (what runs before this option sampled with).
+    ema_batch_stats: str = "recompute"
+    ema_stats_samples: int = 1024
 
 
 def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_classes: int | None,
@@ -142,9 +148,45 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
 
 
 def sample(generator, state, z, labels=None, *, ema: bool = True):
-    """Images from G (its EMA weights by default) in inference mode."""
+    """Images from G (its EMA weights by default) in inference mode, with the BatchNorm
+    statistics in `state.model_state` (see `with_ema_batch_stats`)."""
     params = state.extra["ema"] if ema else state.params[G]
     return generator.apply({"params": params, "batch_stats": state.model_state[G]}, z, labels, train=False)
+
+
+EMA_BATCH_STATS = ("recompute", "raw")
+
+
+def with_ema_batch_stats(generator, state, z, labels=None):
+    """`state` with G's BatchNorm statistics replaced by those of its EMA weights.
+
+    The running averages in `state.model_state` belong to the raw weights (and D steps
+    update them too), so they mis-normalise the EMA weights' activations. Here the EMA
+    weights run once in train mode on the calibration noise `z` (and `labels`); every
+    BatchNorm keeps that batch's mean and variance: with momentum 0 the running average
+    is exactly the batch statistic.
+    """
+    calibrate = generator.clone(axis_name=None, bn_momentum=0.0)
+    _, updates = calibrate.apply({"params": state.extra["ema"], "batch_stats": state.model_state[G]}, z, labels,
+                                 train=True, mutable=["batch_stats"])
+    return state.replace(model_state={**state.model_state, G: updates["batch_stats"]})
+
+
+def ema_sampling_state(generator, cfg: "GANConfig", num_classes: int | None):
+    """A jitted `state -> state` that sets the BatchNorm statistics EMA samples are drawn
+    with, as `cfg.ema_batch_stats` says (the identity for "raw")."""
+    if cfg.ema_batch_stats not in EMA_BATCH_STATS:
+        raise config_lib.ConfigError(
+            f"ema_batch_stats must be one of {EMA_BATCH_STATS}, got {cfg.ema_batch_stats!r}.")
+    if cfg.ema_batch_stats == "raw":
+        return lambda state: state
+    if cfg.ema_stats_samples < 2:
+        raise config_lib.ConfigError(
+            f"ema_stats_samples={cfg.ema_stats_samples}: BatchNorm statistics need a batch of at least 2 "
+            "(1024 is the default).")
+    # Noise of its own (not the grid's nor the evaluation samples'), the same at every call.
+    z, labels = fixed_noise(cfg.seed + 0x57A7, cfg.ema_stats_samples, cfg.model.latent_dim, num_classes)
+    return jax.jit(lambda state: with_ema_batch_stats(generator, state, z, labels))
 
 
 def fixed_noise(seed: int, count: int, latent_dim: int, num_classes: int | None):
@@ -176,12 +218,14 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
     form = parallel.make(cfg.parallel)
     generator, discriminator = build_networks(cfg.model, size, c, num_classes, axis_name=form.axis_name)
     sample_fn = jax.jit(lambda state, z, y: sample(generator, state, z, y))
+    sampling_state = ema_sampling_state(generator, cfg, num_classes)
     grid_rows = num_classes or int(np.ceil(np.sqrt(cfg.num_samples_grid)))
     z_grid, y_grid = fixed_noise(cfg.seed, cfg.num_samples_grid, cfg.model.latent_dim, num_classes)
     primary = jax.process_index() == 0
     fd = fd_vit_evaluator(cfg, classifier_config) if cfg.fd.num_samples else None
 
     def samples_hook(step, state):
+        state = sampling_state(state)
         images = jax.device_get(sample_fn(state, z_grid, y_grid))
         if primary:
             save_image_grid(images, workdir / "samples" / f"samples_{step:07d}.png", nrow=grid_rows)
@@ -285,6 +329,7 @@ def load_generator(workdir):
     generator, _ = build_networks(cfg.model, cfg.model.image_size, channels, num_classes)
     state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={}, rng=jnp.zeros(2, jnp.uint32),
                                  model_state={G: batch_stats}, extra={"ema": ema})
+    state = ema_sampling_state(generator, cfg, num_classes)(state)
     return jax.jit(lambda st, z, y: sample(generator, st, z, y)), state, cfg, num_classes
 
 
