@@ -59,3 +59,44 @@ def test_patchgan_shapes_condition_and_collections(norm):
     assert 0.01 < std < 0.03  # N(0, 0.02) init
     with pytest.raises(ValueError, match="share batch, height"):
         d.apply(variables, x, c[:, :14])
+
+
+from jaxvision.models.unet import UNet, depth_for_image_size  # noqa: E402
+
+
+def test_unet_shapes_padding_and_options():
+    assert depth_for_image_size(256) == 8 and depth_for_image_size(28) == 5 and depth_for_image_size(1000) == 8
+    u = UNet(image_size=28, out_channels=3, width=4)
+    x = normal(3, (2, 28, 28, 2))
+    variables = jax.jit(u.init)(key(), x)
+    assert sorted(k for k in variables["params"] if k[4:].isdigit() and k.startswith("down")) == [
+        f"down{i}" for i in range(5)]
+    train = jax.jit(lambda v, x, r: u.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": r})[0])
+    y, y2 = train(variables, x, key(1)), train(variables, x, key(2))
+    assert y.shape == (2, 28, 28, 3) and float(jnp.max(jnp.abs(y))) <= 1.0
+    assert not np.allclose(y, y2)  # dropout is on in training
+    evaluate = jax.jit(u.apply)
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))  # deterministic at eval
+    raw = UNet(image_size=20, out_channels=5, width=4, output_activation=None, dropout=0.0, norm="instance")
+    shape = jax.eval_shape(lambda x: raw.apply(raw.init(key(), x), x), x[:, :20, :17])
+    assert shape.shape == (2, 20, 17, 5)
+    assert "batch_stats" not in jax.eval_shape(raw.init, key(), x[:, :20, :17])
+
+
+def _support_width(fn, x, i, j):
+    grad = np.abs(np.asarray(jax.jit(jax.grad(lambda x: fn(x)[0, i, j, 0]))(x)))[0, :, :, 0]
+    rows, cols = np.nonzero(grad > 0)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_unet_receptive_field():
+    x = normal(4, (1, 16, 16, 1))
+    # depth 1: a 4x4 stride-2 conv then a 4x4 stride-2 transposed conv (each output pixel
+    # reads 4/2 = 2 bottleneck pixels): (2 - 1) * 2 + 4 = 6 px.
+    shallow = UNet(image_size=16, width=4, depth=1, norm="none", dropout=0.0)
+    v = shallow.init(key(), x)
+    assert _support_width(lambda x: shallow.apply(v, x), x, 7, 8) == (6, 6)
+    # sized by the image: the bottleneck is 1x1, so every output pixel sees the whole image.
+    full = UNet(image_size=16, width=4, norm="none", dropout=0.0)
+    v = jax.jit(full.init)(key(), x)
+    assert _support_width(lambda x: full.apply(v, x), x, 2, 13) == (16, 16)
