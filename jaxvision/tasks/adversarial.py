@@ -11,7 +11,10 @@ It knows no network. A task gives pure forward functions:
 * ``real(batch)``: the real images D compares against (default ``batch["image"]``);
 * ``extra_g_losses``: ``{name: fn(fake, batch, regenerate) -> scalar}``, weighted by the
   task and added to G's loss (L1 to a target, cycle consistency); ``regenerate(inputs)``
-  runs G again with the parameters being differentiated (BatchNorm updates discarded).
+  runs G again with the parameters being differentiated (BatchNorm updates discarded);
+* ``fake_pool(state, fake, rng) -> (fake, state)``: optional, what D's step sees as the
+  fakes, and the state it leaves (CycleGAN: an image pool kept in ``state.extra``, so
+  resume stays exact). Not given: D sees G's fresh fakes, as before.
 
 Images and logits may be pytrees (one entry per domain, as CycleGAN's two D's): the loss
 is then summed over the leaves. Penalties need a single image array.
@@ -97,7 +100,7 @@ def _slice(batch, part):
 
 def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, generator_inputs: Callable,
               real: Callable = lambda batch: batch["image"], extra_g_losses: Mapping[str, Callable] | None = None,
-              g_tx=None, d_tx=None, axis_name: str | None = None):
+              g_tx=None, d_tx=None, axis_name: str | None = None, fake_pool: Callable | None = None):
     """The pure `train_step(state, batch) -> (state, metrics)` of an adversarial task.
 
     The batch holds `n_critic` slices of equal size: D step i trains on slice i, the G
@@ -120,6 +123,8 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
                              "of domains: set them to 0 for this task.")
         fake, g_stats = generate(state.params[G], state.model_state[G], inputs, True)
         fake = jax.lax.stop_gradient(fake)
+        if fake_pool is not None:  # its own key: z_rng and gp_rng stay as they were
+            fake, state = fake_pool(state, fake, jax.random.fold_in(rng, 2))
 
         def loss_fn(d_params):
             real_logits, d_stats = critic(d_params, state.model_state[D], x_real, batch, True)
