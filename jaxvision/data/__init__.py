@@ -9,17 +9,22 @@ from jaxvision.data.features import FeatureSpec
 from jaxvision.data.memory import select_examples
 from jaxvision.data.pipeline import DatasetInfo, TrainIterator, dataset_info, train_iterator
 from jaxvision.data.prepare import default_data_dir, ensure_prepared
+from jaxvision.data.scenes import DENSE_SOURCES, dense_batches, dense_source, to_dense
 
 __all__ = [
+    "DENSE_SOURCES",
     "DatasetInfo",
     "FeatureSpec",
     "TrainIterator",
     "augment_features",
     "dataset_info",
+    "dense_batches",
+    "dense_source",
     "default_data_dir",
     "ensure_prepared",
     "eval_batches",
     "image_batches",
     "select_examples",
+    "to_dense",
     "train_iterator",
 ]

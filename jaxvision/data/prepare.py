@@ -81,8 +81,12 @@ def ensure_prepared(name: str, data_dir: str | None = None, *, download: bool = 
 
     Order: already on disk -> local Fashion-MNIST files (identical source data, no
     network) -> the normal tfds download. With none of them: a clear error.
+    `fashion_scenes/...` (jaxvision's synthetic scenes) is generated locally from the
+    prepared `fashion_mnist`, never downloaded.
     """
     data_dir = data_dir or default_data_dir()
+    if name.split("/")[0].split(":")[0] == "fashion_scenes":
+        import jaxvision.data.scenes  # noqa: F401  registers the synthetic dataset with tfds
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:

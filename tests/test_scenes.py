@@ -1,0 +1,147 @@
+"""fashion_scenes (synthetic scenes from Fashion-MNIST items): composition against a
+brute-force repaint, bilinear scaling against TensorFlow, a tiny tfds build read through the
+dense pipeline, the dense mapping of pet / voc / coco features, and bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jaxvision.data import scenes
+
+
+def _items(rng, n, size=28):
+    """Random items: a bright blob with a dark border and some faint pixels."""
+    items = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        h, w = rng.integers(8, 24, size=2)
+        y, x = rng.integers(1, size - h), rng.integers(1, size - w)
+        items[i, y:y + h, x:x + w] = rng.integers(40, 256, size=(h, w))
+        items[i, y:y + h, x] = 10  # below the threshold: never part of the silhouette
+    return items
+
+
+def test_scale_item_is_tensorflow_bilinear():
+    item = _items(np.random.default_rng(0), 1)[0]
+    for size in (9, 19, 28, 41):
+        ref = tf.image.resize(item[..., None].astype(np.float32), [size, size], "bilinear", antialias=False)
+        ref = np.clip(np.rint(ref.numpy()[..., 0]), 0, 255)
+        assert np.abs(scenes.scale_item(item, size).astype(int) - ref).max() <= 1  # rounding of x.5 only
+
+
+def test_compose_scene_matches_a_brute_force_repaint(monkeypatch):
+    rng = np.random.default_rng(1)
+    seen_dropped, seen_occluded = False, False
+    for trial in range(60):
+        # One placement try in half the trials, so fully occluded items occur.
+        monkeypatch.setattr(scenes, "PLACEMENT_TRIES", 1 if trial % 2 else 20)
+        n = int(rng.integers(1, 6))
+        items, labels = _items(rng, n), rng.integers(0, 10, size=n)
+        s = scenes.compose_scene(items, labels, np.random.default_rng(trial), canvas=24)
+        # Repaint from the placements, later items on top, silhouette by the documented threshold.
+        image, owner = np.zeros((24, 24), np.uint8), np.full((24, 24), -1)
+        for j, (y, x, side) in enumerate(s["placements"]):
+            scaled = scenes.scale_item(items[j], side)
+            sil = scaled >= scenes.SILHOUETTE_THRESHOLD
+            image[y:y + side, x:x + side][sil] = scaled[sil]
+            owner[y:y + side, x:x + side][sil] = j
+        np.testing.assert_array_equal(s["image"], image)
+        kept = [j for j in range(n) if (owner == j).any()]
+        seen_dropped |= len(kept) < n
+        np.testing.assert_array_equal(s["kept"], kept)
+        np.testing.assert_array_equal(s["labels"], labels[kept])
+        seg = np.zeros((24, 24), int)
+        for i, j in enumerate(kept):
+            visible = owner == j
+            np.testing.assert_array_equal(s["instance_mask"] == i + 1, visible)
+            seg[visible] = labels[j] + 1
+            rows, cols = np.nonzero(visible)
+            np.testing.assert_allclose(s["boxes"][i], [rows.min() / 24, cols.min() / 24, (rows.max() + 1) / 24,
+                                                       (cols.max() + 1) / 24])
+            assert s["areas"][i] == visible.sum()
+            seen_occluded |= visible.sum() < (scenes.scale_item(items[j], s["placements"][j][2])
+                                              >= scenes.SILHOUETTE_THRESHOLD).sum()
+        np.testing.assert_array_equal(s["segmentation"], seg)
+        assert (s["instance_mask"] == 0).sum() == (s["image"] == 0).sum()
+    assert seen_occluded and seen_dropped  # both cases were exercised
+
+
+def test_empty_scene_is_an_error():
+    with pytest.raises(ValueError, match="at least one item"):
+        scenes.compose_scene(np.zeros((0, 28, 28), np.uint8), [], np.random.default_rng(0), 32)
+
+
+def test_draw_scene_is_deterministic_and_independent_of_order():
+    rng = np.random.default_rng(2)
+    pool, labels = _items(rng, 30), rng.integers(0, 10, size=30)
+    a = scenes.draw_scene(pool, labels, 32, 0, 7)
+    scenes.draw_scene(pool, labels, 32, 0, 3)
+    b = scenes.draw_scene(pool, labels, 32, 0, 7)
+    c = scenes.draw_scene(pool, labels, 32, 1, 7)
+    for k in ("image", "segmentation", "instance_mask", "boxes", "labels"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["image"], c["image"])  # the split is part of the seed
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tfds_data_dir):
+    """The 'tiny' config (32x32, 32 train / 8 test scenes) built in a tmp dir."""
+    from jaxvision.data import ensure_prepared
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    return ensure_prepared("fashion_scenes/tiny", data_dir), data_dir
+
+
+def test_tiny_build_through_the_dense_pipeline(tiny, tfds_data_dir):
+    import tensorflow_datasets as tfds
+
+    from jaxvision import data
+
+    builder, data_dir = tiny
+    assert builder.info.splits["train"].num_examples == 32 and builder.info.splits["test"].num_examples == 8
+    # Test scenes are made of Fashion-MNIST test items: scene 0 redrawn from the test pool.
+    fm = tfds.as_numpy(tfds.builder("fashion_mnist", data_dir=tfds_data_dir).as_dataset(split="test", batch_size=-1))
+    truth = scenes.draw_scene(fm["image"][..., 0], fm["label"], 32, 1, 0)
+    batches = list(data.dense_batches("fashion_scenes/tiny", "test", train=False, global_batch_size=8,
+                                      data_dir=data_dir, value_range=(0.0, 255.0)))
+    assert len(batches) == 1
+    b = batches[0]
+    assert b["image"].shape == (8, 32, 32, 1) and b["segmentation"].shape == (8, 32, 32)
+    assert b["boxes"].shape == (8, 5, 4) and b["labels"].shape == (8, 5) and b["valid"].dtype == bool
+    stored = next(iter(tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False))))
+    np.testing.assert_array_equal(stored["image"][..., 0], truth["image"])
+    np.testing.assert_array_equal(b["segmentation"][0], truth["segmentation"])
+    m = len(truth["labels"])
+    np.testing.assert_array_equal(b["valid"][0], np.arange(5) < m)
+    np.testing.assert_allclose(b["boxes"][0, :m], truth["boxes"])
+    np.testing.assert_array_equal(b["labels"][0, :m], truth["labels"])
+    train = data.dense_batches("fashion_scenes/tiny", "train", train=True, global_batch_size=4, seed=0,
+                               data_dir=data_dir, augment="flip")
+    t = next(train)
+    assert t["segmentation"].dtype == np.int32 and t["segmentation"].max() <= 10
+
+
+def _batch(**kw):
+    b = {"image": np.zeros((2, 8, 8, 3), np.float32)}
+    b.update(kw)
+    return b
+
+
+def test_dense_mapping_of_pet_voc_coco_features():
+    pet = scenes.to_dense(_batch(segmentation_mask=np.array([1, 2, 3, 2] * 32).reshape(2, 8, 8, 1)),
+                          scenes.dense_source("oxford_iiit_pet:4.0.0"))
+    np.testing.assert_array_equal(pet["segmentation"][0, 0, :4], [1, 0, scenes.IGNORE, 0])
+    objects = {"objects/bbox": np.ones((2, 3, 4), np.float32), "objects/label": np.array([[3, 4, 5], [6, 7, 8]]),
+               "objects/valid": np.array([[True, True, False], [True, False, False]])}
+    voc = scenes.to_dense(_batch(**objects), scenes.dense_source("voc/2007"))
+    np.testing.assert_array_equal(voc["labels"], [[3, 4, 0], [6, 0, 0]])
+    coco = scenes.to_dense(_batch(**objects, **{"objects/is_crowd": np.array([[False, True, False]] * 2)}),
+                           scenes.dense_source("coco/2017"))
+    np.testing.assert_array_equal(coco["valid"], [[True, False, False], [True, False, False]])
+    assert "segmentation" not in voc
+
+
+def test_bad_dense_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="height and width"):
+        scenes.to_dense(_batch(segmentation=np.zeros((2, 8, 9), np.uint8)), scenes.dense_source("fashion_scenes"))
+    with pytest.raises(ValueError, match="no dense mapping"):
+        scenes.dense_source("mnist")
