@@ -243,9 +243,19 @@ class Transformer(nn.Module):
         return self.stochastic_depth * i / max(self.depth - 1, 1)
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False):
+    def __call__(self, x, *, train: bool = False, return_attention_weights: bool = False,
+                 keep_indices=None):
+        """x [B, T, D] -> (encoded [B, T', D], intermediates).
+
+        keep_indices: optional [B, K] int indices of the patch tokens (after the
+        ``num_prefix_tokens`` prefix, numbered from 0) that the blocks see; the others are
+        dropped after the position embeddings, so each kept token keeps its own. The masked
+        autoencoder encodes only its visible patches this way. None: every token.
+        """
         intermediates: dict[str, jax.Array] = {}
         x = AddPositionEmbs(param_dtype=self.param_dtype, name="posembed_input")(x)
+        if keep_indices is not None:
+            x = self._keep_patches(x, keep_indices)
         if train and self.patch_dropout > 0.0:
             x = self._drop_patches(x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
@@ -288,6 +298,12 @@ class Transformer(nn.Module):
                     intermediates[f"attention_weights_{i}"] = weights
         x = nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x, intermediates
+
+    def _keep_patches(self, x, keep_indices):
+        """The prefix tokens and the patch tokens at `keep_indices` [B, K], in that order."""
+        prefix, patches = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        patches = jnp.take_along_axis(patches, keep_indices[:, :, None], axis=1)
+        return jnp.concatenate([prefix, patches], axis=1)
 
     def _drop_patches(self, x):
         """Keep a random subset of the patch tokens of each example (prefix tokens stay).
