@@ -15,6 +15,8 @@ It knows no network. A task gives pure forward functions:
 * ``fake_pool(state, fake, rng) -> (fake, state)``: optional, what D's step sees as the
   fakes, and the state it leaves (CycleGAN: an image pool kept in ``state.extra``, so
   resume stays exact). Not given: D sees G's fresh fakes, as before.
+* ``extra_d_losses``: ``{name: fn(real_logits, fake_logits, batch) -> scalar}``, weighted
+  by the task and added to D's loss (ProGAN's drift 0.001 * D(x)^2); logged as ``d_<name>``.
 
 Images and logits may be pytrees (one entry per domain, as CycleGAN's two D's): the loss
 is then summed over the leaves. Penalties need a single image array.
@@ -100,7 +102,8 @@ def _slice(batch, part):
 
 def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, generator_inputs: Callable,
               real: Callable = lambda batch: batch["image"], extra_g_losses: Mapping[str, Callable] | None = None,
-              g_tx=None, d_tx=None, axis_name: str | None = None, fake_pool: Callable | None = None):
+              g_tx=None, d_tx=None, axis_name: str | None = None, fake_pool: Callable | None = None,
+              extra_d_losses: Mapping[str, Callable] | None = None):
     """The pure `train_step(state, batch) -> (state, metrics)` of an adversarial task.
 
     The batch holds `n_critic` slices of equal size: D step i trains on slice i, the G
@@ -114,6 +117,7 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
     d_tx = default_d_tx if d_tx is None else d_tx
     d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
     extra_g_losses = dict(extra_g_losses or {})
+    extra_d_losses = dict(extra_d_losses or {})
 
     def d_step(state, batch, rng):
         z_rng, gp_rng = jax.random.split(rng)
@@ -135,9 +139,13 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
                 loss = loss + cfg.gp_weight * gradient_penalty(frozen_critic, x_real, fake, gp_rng, axis_name)
             if cfg.r1_gamma:
                 loss = loss + 0.5 * cfg.r1_gamma * r1_penalty(frozen_critic, x_real)
-            return loss, (d_stats, real_logits, fake_logits)
+            parts = {}
+            for name, fn in extra_d_losses.items():
+                parts[f"d_{name}"] = fn(real_logits, fake_logits, batch)
+                loss = loss + parts[f"d_{name}"]
+            return loss, (d_stats, real_logits, fake_logits, parts)
 
-        (loss, (d_stats, real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (d_stats, real_logits, fake_logits, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params[D])
         grads = _mean_over(grads, axis_name)
         updates, d_opt = d_tx.update(grads, state.opt_state[D], state.params[D])
@@ -146,7 +154,8 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
             opt_state={**state.opt_state, D: d_opt},
             model_state={G: g_stats, D: d_stats},
         )
-        return state, {"d_loss": loss, "d_real": _mean_sigmoid(real_logits), "d_fake": _mean_sigmoid(fake_logits)}
+        return state, {"d_loss": loss, "d_real": _mean_sigmoid(real_logits), "d_fake": _mean_sigmoid(fake_logits),
+                       **parts}
 
     def g_step(state, batch, rng):
         inputs = generator_inputs(batch, rng)
