@@ -16,6 +16,11 @@ official ``.npz`` maps onto ``params`` 1:1 (flat keys joined with ``/``)::
     Transformer/encoder_norm
     pre_logits                                          only with representation_size
     head                                                only with num_classes > 0
+    conv_root, gn_root, block{s}/unit{u}/...            only for a hybrid (jaxvision.models.resnet)
+
+Hybrids ("R50+B/16"): the ResNet stem of `jaxvision.models.resnet` first, then the same
+``embedding`` conv with patch size (stride / the stem's stride) on its feature map: for
+"R50+B/16" a 1x1 conv on the stride-16 map of 1024 channels.
 
 Inputs are NHWC float images scaled to [-1, 1] (the official and big_vision convention;
 pretrained checkpoints expect it). Any channel count works (1 for Fashion-MNIST).
@@ -37,10 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision.models.resnet import CONVENTIONS, resnet_stem, resnet_stride
 from jaxvision.models.stems import StridedConv3x3, shift
 from jaxvision.models.transformer import Transformer
 
-__all__ = ["VARIANTS", "ViT", "parse_variant"]
+__all__ = ["HYBRID_STAGES", "VARIANTS", "ViT", "parse_variant"]
 
 # (width, depth, mlp_dim, num_heads) of the standard sizes (ViT paper, DeiT for Ti).
 VARIANTS: dict[str, dict[str, int]] = {
@@ -53,6 +59,12 @@ VARIANTS: dict[str, dict[str, int]] = {
 
 STEMS = ("patch", "conv", "spt")
 
+# ResNet stems of the hybrids by depth (3 layers per bottleneck unit + root conv + head):
+# the official R50+ViT-B/16 (stages 1-3 of ResNet-50, the third lengthened to 9 units)
+# and the AugReg R26+ViT-S/32 (four stages of 2).
+HYBRID_STAGES: dict[str, tuple[int, ...]] = {"R26": (2, 2, 2, 2), "R50": (3, 4, 9)}
+_HYBRID_RE = re.compile(r"^(?P<resnet>R\d+)\+(?P<vit>.+)$")
+
 _VARIANT_RE = re.compile(r"^(?P<name>[A-Za-z]+)/(?P<ph>\d+)(?:x(?P<pw>\d+))?$")
 
 
@@ -60,8 +72,24 @@ def parse_variant(variant: str) -> dict[str, Any]:
     """``"B/16"`` -> ``dict(width, depth, mlp_dim, num_heads, patch_size=(16, 16))``.
 
     Any patch size is accepted ("Ti/4", "S/7"); "B/16x8" gives non-square 16x8 patches
-    (height x width).
+    (height x width). Hybrids: ``"R50+B/16"`` -> also ``resnet_stages=(3, 4, 9)``, and the
+    number after the slash is the total stride, so the patch size on the ResNet's feature
+    map is that stride over the ResNet's (16 / 16 = 1 for R50+B/16).
     """
+    hybrid = _HYBRID_RE.match(variant.strip()) if isinstance(variant, str) else None
+    if hybrid is not None:
+        if hybrid["resnet"] not in HYBRID_STAGES:
+            raise ValueError(f"unknown hybrid ResNet {hybrid['resnet']!r} in {variant!r}: choose one of "
+                             f"{list(HYBRID_STAGES)} (e.g. 'R50+B/16'), or give resnet_stages=(...) explicitly")
+        stages = HYBRID_STAGES[hybrid["resnet"]]
+        config = parse_variant(hybrid["vit"])
+        stride = resnet_stride(stages)
+        (sh, sw) = config["patch_size"]
+        if sh % stride or sw % stride:
+            raise ValueError(f"hybrid {variant!r}: the stride {sh}x{sw} is not a multiple of the "
+                             f"{hybrid['resnet']} stem's stride {stride}; use e.g. "
+                             f"'{hybrid['resnet']}+{hybrid['vit'].split('/')[0]}/{stride}'")
+        return dict(config, patch_size=(sh // stride, sw // stride), resnet_stages=stages)
     match = _VARIANT_RE.match(variant.strip()) if isinstance(variant, str) else None
     if match is None or match["name"] not in VARIANTS:
         raise ValueError(
@@ -142,6 +170,17 @@ class ViT(nn.Module):
       remat: rematerialise each encoder block (``nn.remat``): its activations are recomputed
         in the backward pass instead of stored. Same results, less memory, more compute.
 
+      resnet_stages: units per stage of a hybrid's ResNet stem (`jaxvision.models.resnet`),
+        overriding the variant's ("R50+B/16" gives (3, 4, 9)); None = the variant's (none
+        for a plain ViT); ``()`` = no stem. Needs ``stem="patch"``; ``patch_size`` then
+        applies to the ResNet's feature map, so images need sides divisible by the total
+        stride (ResNet stride x patch).
+      resnet_width: the ResNet root's channels (official: 64; a multiple of 32).
+      std_conv_eps: epsilon of the ResNet's weight standardisation: 1e-5 (official),
+        1e-8 for timm weights (`jaxvision.pretrained` says so in its hints).
+      resnet_convention: "official" or "timm": the normalisation arithmetic the hybrid's
+        weights were trained with (see `jaxvision.models.resnet`).
+
     Call ``model.apply(variables, images, train=..., rngs={"dropout": key})``; the rng is only
     needed when ``train=True`` and some dropout/stochastic-depth rate is > 0.
     """
@@ -168,6 +207,10 @@ class ViT(nn.Module):
     gelu_approximate: bool = True
     scan_layers: bool = False
     remat: bool = False
+    resnet_stages: tuple[int, ...] | None = None
+    resnet_width: int = 64
+    std_conv_eps: float = 1e-5
+    resnet_convention: str = "official"
 
     def resolved_config(self) -> dict[str, Any]:
         """The effective width/depth/mlp_dim/num_heads/patch_size after overrides."""
@@ -180,6 +223,9 @@ class ViT(nn.Module):
             patch_size=None if self.patch_size is None else _as_patch(self.patch_size),
         )
         config.update({k: v for k, v in overrides.items() if v is not None})
+        if self.resnet_stages is not None:
+            config["resnet_stages"] = tuple(int(n) for n in self.resnet_stages)
+        config["resnet_stages"] = config.get("resnet_stages") or None
         missing = [k for k in overrides if k not in config]
         if missing:
             raise ValueError(
@@ -199,6 +245,12 @@ class ViT(nn.Module):
                 f"stem='conv' needs a square power-of-two patch size (2, 4, 8, 16, ...), got "
                 f"{ph}x{pw}: choose such a patch (e.g. variant 'Ti/4') or stem='patch'"
             )
+        if config["resnet_stages"] is not None:
+            if self.stem != "patch":
+                raise ValueError(f"a hybrid (resnet_stages={config['resnet_stages']}) embeds the ResNet's "
+                                 f"features with stem='patch'; got stem={self.stem!r}")
+            if self.resnet_convention not in CONVENTIONS:
+                raise ValueError(f"resnet_convention must be one of {CONVENTIONS}, got {self.resnet_convention!r}")
         if self.pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
         for name in ("dropout", "attention_dropout", "stochastic_depth", "patch_dropout"):
@@ -214,7 +266,8 @@ class ViT(nn.Module):
         intermediates: "patch_embeddings" [B, N, D], "encoder_block_{i}" [B, T, D],
         "encoded" [B, T, D] (after the final norm), "pre_logits" [B, D or representation_size],
         and "attention_weights_{i}" [B, heads, T, T] when ``return_attention_weights``
-        (computed on the XLA path). T = N + 1 with pool="cls", else N.
+        (computed on the XLA path); "resnet_features" [B, H/s, W/s, C] for a hybrid.
+        T = N + 1 with pool="cls", else N.
         """
         cfg = self.resolved_config()
         if images.ndim != 4:
@@ -223,6 +276,15 @@ class ViT(nn.Module):
             )
         ph, pw = cfg["patch_size"]
         _, height, width_px, _ = images.shape
+        if cfg["resnet_stages"] is not None:
+            stride = resnet_stride(cfg["resnet_stages"])
+            for what, size, patch in (("height", height, ph), ("width", width_px, pw)):
+                if size % (stride * patch):
+                    raise ValueError(
+                        f"image {what} {size} is not divisible by the hybrid's stride {stride * patch} "
+                        f"(ResNet stem stride {stride} x patch {patch}): resize or crop to "
+                        f"{_compatible_sizes(size, stride * patch)}"
+                    )
         for what, size, patch in (("height", height, ph), ("width", width_px, pw)):
             if size % patch:
                 raise ValueError(
@@ -232,6 +294,11 @@ class ViT(nn.Module):
                 )
 
         intermediates: dict[str, jax.Array] = {}
+        if cfg["resnet_stages"] is not None:
+            images = resnet_stem(images, stages=cfg["resnet_stages"], width=self.resnet_width,
+                                 eps=self.std_conv_eps, convention=self.resnet_convention,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
+            intermediates["resnet_features"] = images
         x = self._embed(images, cfg["width"], ph, pw)
         batch, gh, gw, dim = x.shape
         x = x.reshape(batch, gh * gw, dim)

@@ -17,6 +17,9 @@ import numpy as np
 
 POSEMB = "Transformer/posembed_input/pos_embedding"
 BLOCK_RE = re.compile(r"^Transformer/encoderblock_(\d+)/")
+RESNET_UNIT_RE = re.compile(r"^block(\d+)/unit(\d+)/")
+# ViT attributes a checkpoint's weights need (its `Converted.hints` beyond num_heads).
+MODEL_HINTS = ("gelu_approximate", "std_conv_eps", "resnet_convention")
 
 
 @dataclasses.dataclass
@@ -81,6 +84,20 @@ def depth_of(names) -> int:
     """Number of encoder blocks named in canonical keys."""
     found = [int(m.group(1)) for n in names if (m := BLOCK_RE.match(n))]
     return max(found) + 1 if found else 0
+
+
+def resnet_stages_of(names) -> tuple[int, ...] | None:
+    """Units per stage of a hybrid's ResNet stem (official names), None for a plain ViT."""
+    names = list(names)
+    units: dict[int, int] = {}
+    for name in names:
+        match = RESNET_UNIT_RE.match(name)
+        if match:
+            stage, unit = int(match.group(1)), int(match.group(2))
+            units[stage] = max(units.get(stage, 0), unit)
+    if not units:
+        return None if "conv_root/kernel" not in names else ()
+    return tuple(units.get(s, 0) for s in range(1, max(units) + 1))
 
 
 def num_heads_of(params: Mapping[str, Any]) -> int | None:

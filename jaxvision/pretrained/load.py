@@ -29,7 +29,8 @@ import numpy as np
 
 from jaxvision.pretrained import npz as npz_lib
 from jaxvision.pretrained import timm as timm_lib
-from jaxvision.pretrained.layout import BLOCK_RE, POSEMB, Converted, depth_of, flatten, unflatten
+from jaxvision.pretrained.layout import (BLOCK_RE, MODEL_HINTS, POSEMB, Converted, depth_of, flatten,
+                                        resnet_stages_of, unflatten)
 from jaxvision.pretrained.resample import resample_pos_embedding, square_grid
 
 __all__ = [
@@ -204,6 +205,13 @@ def infer_vit_config(source, *, format: str = "auto", num_heads: int | None = No
     ckpt = read_checkpoint(source, format=format, prefix=prefix, num_heads=num_heads)
     p = ckpt.params
     ph, pw, channels, width = p["embedding/kernel"].shape
+    stages = resnet_stages_of(p)
+    stride = 1
+    if stages is not None:  # a hybrid: the embedding sees the ResNet's features
+        from jaxvision.models.resnet import resnet_stride
+
+        stride = resnet_stride(stages)
+        channels = p["conv_root/kernel"].shape[2]
     attn = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
     config = dict(
         width=int(width),
@@ -218,11 +226,14 @@ def infer_vit_config(source, *, format: str = "auto", num_heads: int | None = No
         in_channels=int(channels),
         image_size=None,
     )
+    if stages is not None:
+        config.update(resnet_stages=stages, resnet_width=int(p["conv_root/kernel"].shape[3]),
+                      **{k: v for k, v in ckpt.hints.items() if k in MODEL_HINTS and k != "gelu_approximate"})
     if POSEMB in p:
         patches = p[POSEMB].shape[-2] - (ckpt.posemb_prefix or 0)
         side = int(round(patches ** 0.5))
         if side * side == patches:
-            config["image_size"] = (side * int(ph), side * int(pw))
+            config["image_size"] = (side * int(ph) * stride, side * int(pw) * stride)
     return config
 
 
@@ -325,7 +336,8 @@ def load_pretrained(
       was trained with (e.g. ImageNet's for many timm models); folded into the patch
       embedding so the model takes jaxvision's [-1, 1] inputs. (0.5, 0.5) is the identity.
     num_heads: for timm state dicts, which do not record it (default: from the template).
-    model: optional ViT module; checked against the checkpoint's hints (GELU form).
+    model: optional ViT module; checked against the checkpoint's hints (GELU form, a
+      hybrid's normalisation convention).
     """
     if head not in ("keep", "reset", "auto"):
         raise ValueError(f"head must be 'keep', 'reset' or 'auto', got {head!r}")
@@ -336,14 +348,13 @@ def load_pretrained(
     ckpt = read_checkpoint(source, format=format, prefix=prefix, num_heads=num_heads)
     name = str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
     report = LoadReport(source=name, format=ckpt.format, ignored=ckpt.ignored,
-                        hints={k: v for k, v in ckpt.hints.items() if k == "gelu_approximate"})
+                        hints={k: v for k, v in ckpt.hints.items() if k in MODEL_HINTS})
     report.unexpected.update(ckpt.unsupported)
-    if model is not None and "gelu_approximate" in ckpt.hints:
-        if getattr(model, "gelu_approximate", True) != ckpt.hints["gelu_approximate"]:
-            raise ValueError(
-                f"{ckpt.format} weights were trained with gelu_approximate={ckpt.hints['gelu_approximate']}; "
-                f"build the ViT with gelu_approximate={ckpt.hints['gelu_approximate']}"
-            )
+    _check_hybrid(resnet_stages_of(ckpt.params), resnet_stages_of(tmpl), report)
+    for key, value in report.hints.items():
+        if model is not None and getattr(model, key, value) != value:
+            raise ValueError(f"{ckpt.format} weights were trained with {key}={value!r}; "
+                             f"build the ViT with {key}={value!r}")
     params = dict(ckpt.params)
 
     if "pre_logits/kernel" in tmpl and drop_representation:
@@ -432,6 +443,28 @@ def load_pretrained(
         raise PretrainedLoadError(
             "checkpoint does not fit the model (pass strict=False to load what fits):\n" + report.summary(40), report)
     return unflatten(out), report
+
+
+def _check_hybrid(ckpt_stages, model_stages, report: LoadReport) -> None:
+    """A ResNet stem of another depth (or none) cannot load unit by unit: say which model fits."""
+    if ckpt_stages == model_stages:
+        return
+    from jaxvision.models.vit import HYBRID_STAGES
+
+    def describe(stages):
+        if stages is None:
+            return "no ResNet stem (a plain ViT)"
+        names = [name for name, s in HYBRID_STAGES.items() if s == tuple(stages)]
+        return f"a ResNet stem with stages {tuple(stages)}" + (f" ({names[0]})" if names else "")
+
+    if ckpt_stages is None:
+        fix = "build a plain ViT (a variant such as 'B/16', resnet_stages=None)"
+    else:
+        names = [name for name, s in HYBRID_STAGES.items() if s == tuple(ckpt_stages)]
+        fix = (f"build the model with resnet_stages={tuple(ckpt_stages)}"
+               + (f" (variant '{names[0]}+<ViT>/<stride>', e.g. '{names[0]}+B/16')" if names else ""))
+    raise PretrainedLoadError(f"the checkpoint has {describe(ckpt_stages)}, the model {describe(model_stages)}: "
+                              f"{fix}", report)
 
 
 def _why_missing(key: str, ckpt_depth: int, params) -> str:

@@ -14,6 +14,10 @@ big_vision: Linen names, numbered per type (``LayerNorm_0``, ``MultiHeadDotProdu
 (big_vision adds it before prepending the CLS token, so our CLS entry is zero); with
 ``scan=True`` one ``Transformer/encoderblock`` whose leaves are stacked over depth.
 
+Hybrid checkpoints (``R50+ViT-B_16.npz``) add the ResNet stem under the official names
+``conv_root``, ``gn_root``, ``block{s}/unit{u}/...`` (`jaxvision.models.resnet`), read
+as they are; their ``embedding`` is the 1x1 conv on the ResNet's features.
+
 Either may sit under a prefix: ``opt/target/`` (Flax optimizer checkpoints),
 ``params/`` (big_vision training checkpoints) or ``params/img/`` (the image tower of
 a two-tower model such as SigLIP). bfloat16 arrays stored as raw 2-byte values are
@@ -46,7 +50,6 @@ _BLOCK_RE = re.compile(r"^Transformer/encoderblock_(\d+)/([^/]+)/(.*)$")
 _UNSUPPORTED = (
     (re.compile(r"^MAPHead_0/"), "multihead attention pooling head (big_vision pool_type='map') has no "
      "counterpart in jaxvision's ViT (pool='cls' or 'gap')"),
-    (re.compile(r"^(conv_root|gn_root|block\d+)/"), "ResNet stem of a hybrid R+ViT checkpoint is not supported"),
 )
 
 
@@ -108,11 +111,13 @@ def from_npz_dict(flat: Mapping[str, np.ndarray], *, layout: str | None = None,
                 params.pop(key)
                 break
 
+    # A hybrid's ResNet stem was trained with the official weight standardisation.
+    hints = {"std_conv_eps": 1e-5, "resnet_convention": "official"} if "conv_root/kernel" in params else {}
     if layout == "official":
         posemb_prefix = None
         if POSEMB in params:
             posemb_prefix = 1 if "cls" in params else 0
-        return Converted("official", params, posemb_prefix, unsupported, ignored)
+        return Converted("official", params, posemb_prefix, unsupported, ignored, hints)
 
     params = _unstack_scanned(params)
     out: dict[str, np.ndarray] = {}
@@ -131,7 +136,7 @@ def from_npz_dict(flat: Mapping[str, np.ndarray], *, layout: str | None = None,
             posemb_prefix = infer_posemb_prefix(value.shape[-2], "cls" in params)
         else:
             out[key] = value
-    return Converted("big_vision", out, posemb_prefix, unsupported, ignored)
+    return Converted("big_vision", out, posemb_prefix, unsupported, ignored, hints)
 
 
 def to_official(params: Mapping) -> dict[str, np.ndarray]:

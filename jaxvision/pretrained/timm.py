@@ -23,6 +23,15 @@ says so in ``hints``), and a timm GAP model matches ours when built with
 in big_vision); timm's default ``fc_norm`` for 'avg' normalises after pooling, which
 jaxvision's ViT does not do, so such checkpoints are refused by name.
 
+Hybrids (``vit_base_r50_s16_384``, ``vit_small_r26_s32_384``): the ResNet-v2 stem sits
+under ``patch_embed.backbone.`` (``stem.conv``, ``stem.norm``,
+``stages.{s}.blocks.{b}.{conv1,norm1,...,downsample.conv,downsample.norm}``) and maps to
+the official names (``conv_root``, ``gn_root``, ``block{s+1}/unit{b+1}/{conv1,gn1,...,
+conv_proj,gn_proj}``); ``patch_embed.proj`` is the 1x1 ``embedding``. timm's
+``StdConv2dSame`` standardises with eps 1e-8 inside the square root and its GroupNorm
+uses PyTorch's eps, so such weights need ``std_conv_eps=1e-8, resnet_convention="timm"``
+(the converter says so in ``hints``).
+
 Reading ``.safetensors`` needs neither PyTorch nor `safetensors`; ``.pth``/``.pt``/``.bin``
 files need PyTorch (imported only then).
 """
@@ -57,6 +66,49 @@ _UNSUPPORTED = (
     (r"^attn_pool\.", "attention pooling head (global_pool='map') is not supported"),
     (r"^patch_embed\.norm\.", "a patch-embedding LayerNorm is not supported"),
 )
+
+
+_BACKBONE = "patch_embed.backbone."
+_TIMM_RESNET = re.compile(r"^(?:stem\.(conv|norm)|stages\.(\d+)\.blocks\.(\d+)\.(conv[123]|norm[123]|downsample\.conv|"
+                          r"downsample\.norm))\.(weight|bias)$")
+_OFFICIAL_RESNET = re.compile(r"^(?:(conv_root|gn_root)|block(\d+)/unit(\d+)/(conv[123]|gn[123]|conv_proj|gn_proj))/"
+                              r"(kernel|scale|bias)$")
+_TIMM_TO_OFFICIAL_LAYER = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "norm1": "gn1", "norm2": "gn2",
+                           "norm3": "gn3", "downsample.conv": "conv_proj", "downsample.norm": "gn_proj"}
+_OFFICIAL_TO_TIMM_LAYER = {v: k for k, v in _TIMM_TO_OFFICIAL_LAYER.items()}
+# What timm's hybrid weights need of a jaxvision ViT besides the exact GELU.
+HYBRID_HINTS = {"std_conv_eps": 1e-8, "resnet_convention": "timm"}
+
+
+def _resnet_from_timm(key: str, value: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """A timm hybrid backbone entry (without its prefix) in official name and layout."""
+    match = _TIMM_RESNET.match(key)
+    if match is None:
+        return None
+    stem, stage, block, layer, kind = match.groups()
+    if stem:
+        name = {"conv": "conv_root", "norm": "gn_root"}[stem]
+    else:
+        name = f"block{int(stage) + 1}/unit{int(block) + 1}/{_TIMM_TO_OFFICIAL_LAYER[layer]}"
+    if name.split("/")[-1].startswith("conv"):
+        if kind != "weight":
+            return None  # convs of the hybrid have no bias
+        return f"{name}/kernel", value.transpose(2, 3, 1, 0)  # (out, in, kh, kw) -> HWIO
+    return f"{name}/{'scale' if kind == 'weight' else 'bias'}", value
+
+
+def _resnet_to_timm(name: str, value: np.ndarray) -> tuple[str, np.ndarray] | None:
+    match = _OFFICIAL_RESNET.match(name)
+    if match is None:
+        return None
+    root, block, unit, layer, kind = match.groups()
+    if root:
+        layer_name = "stem." + {"conv_root": "conv", "gn_root": "norm"}[root]
+    else:
+        layer_name = f"stages.{int(block) - 1}.blocks.{int(unit) - 1}.{_OFFICIAL_TO_TIMM_LAYER[layer]}"
+    if kind == "kernel":
+        return f"{_BACKBONE}{layer_name}.weight", value.transpose(3, 2, 0, 1)
+    return f"{_BACKBONE}{layer_name}.{'weight' if kind == 'scale' else 'bias'}", value
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
@@ -137,6 +189,15 @@ def from_timm(state_dict: Mapping[str, Any], *, num_heads: int | None = None) ->
                 state.pop(key)
                 break
 
+    hybrid = any(k.startswith(_BACKBONE) for k in state)
+    for key in [k for k in state if k.startswith(_BACKBONE)]:
+        converted = _resnet_from_timm(key[len(_BACKBONE):], state[key])
+        if converted is None:
+            unsupported[key] = ("not part of the hybrids' ResNet-v2 stem (non-pre-activation bottlenecks, "
+                                "'same' stem): other timm backbones are not supported")
+        else:
+            out[converted[0]] = converted[1]
+        state.pop(key)
     out["embedding/kernel"] = state.pop("patch_embed.proj.weight").transpose(2, 3, 1, 0)
     if "patch_embed.proj.bias" in state:
         out["embedding/bias"] = state.pop("patch_embed.proj.bias")
@@ -184,8 +245,8 @@ def from_timm(state_dict: Mapping[str, Any], *, num_heads: int | None = None) ->
         linear("head", "head")
     for key in state:  # whatever is left has no known meaning
         unsupported[key] = "not a parameter of a standard timm VisionTransformer"
-    return Converted("timm", {k: np.asarray(v) for k, v in out.items()}, posemb_prefix, unsupported,
-                     hints={"gelu_approximate": False, "num_heads": heads})
+    hints = {"gelu_approximate": False, "num_heads": heads, **(HYBRID_HINTS if hybrid else {})}
+    return Converted("timm", {k: np.asarray(v) for k, v in out.items()}, posemb_prefix, unsupported, hints=hints)
 
 
 def to_timm(params: Mapping) -> dict[str, np.ndarray]:
@@ -201,6 +262,10 @@ def to_timm(params: Mapping) -> dict[str, np.ndarray]:
         sd["cls_token"] = flat["cls"]
     if POSEMB in flat:
         sd["pos_embed"] = flat[POSEMB]
+    for name, value in flat.items():  # a hybrid's ResNet stem, in timm's order of the official names
+        converted = _resnet_to_timm(name, value)
+        if converted is not None:
+            sd[converted[0]] = converted[1]
     sd["patch_embed.proj.weight"] = flat["embedding/kernel"].transpose(3, 2, 0, 1)
     if "embedding/bias" in flat:
         sd["patch_embed.proj.bias"] = flat["embedding/bias"]
@@ -240,6 +305,10 @@ def timm_kwargs(params: Mapping, *, img_size=None) -> dict[str, Any]:
     img_size defaults to the square grid of the position embedding times the patch size.
     """
     flat = flatten(params)
+    if "conv_root/kernel" in flat:
+        raise ValueError("a hybrid ResNet+ViT is built in timm with its backbone, not from VisionTransformer "
+                         "keyword arguments: use timm.create_model('vit_base_r50_s16_384', num_classes=...) "
+                         "(R50+B/16) and load to_timm(params) into it")
     ph, pw, channels, width = flat["embedding/kernel"].shape
     has_cls = "cls" in flat
     if img_size is None:
