@@ -86,6 +86,9 @@ def test_dcgan_experiment_writes_every_output(vit_run, tmp_path, tfds_data_dir):
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] == 4
     assert results["fd_vit_ema_samples"] > 0 and results["fd_vit_real_test_floor"] >= 0
+    for key in ("precision", "recall", "coverage", "class_entropy", "class_share_min", "class_share_max"):
+        assert 0 <= results[f"vit_{key}"] <= 1, key
+    assert results["vit_density"] >= 0 and "vit_conditional_accuracy" not in results  # unconditional
     records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     logged = {k for r in records for k in r}
     assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"} <= logged

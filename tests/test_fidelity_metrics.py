@@ -266,3 +266,43 @@ def test_precision_recall_and_class_histogram_evaluators():
     shares = np.bincount(classifier(grid).argmax(1), minlength=4) / 70
     assert hist == pytest.approx({"class_entropy": scipy.stats.entropy(shares) / np.log(4),
                                   "class_share_min": shares.min(), "class_share_max": shares.max()}, rel=1e-12)
+
+
+def test_classifier_evaluator_is_every_metric_in_one_pass():
+    from jaxvision.metrics import evaluators
+    from jaxvision.metrics.frechet import feature_statistics, frechet_distance
+
+    rng = np.random.default_rng(17)
+    proj = rng.standard_normal((16, 3)).astype(np.float32)
+    train = np.tanh(rng.normal(size=(90, 4, 4, 1))).astype(np.float32)
+    test = np.tanh(rng.normal(size=(80, 4, 4, 1))).astype(np.float32)
+    fake = np.tanh(rng.normal(size=(100, 4, 4, 1)) * 1.5 + 0.3).astype(np.float32)
+    calls = []
+
+    def classifier(x):
+        calls.append(len(x))
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        return np.eye(4)[(x[:, 0] > 0) * 2 + (x[:, 5] > 0)], x @ proj
+
+    def samples(num_images, batch_size):
+        return (fake[i:i + batch_size] for i in range(0, num_images, batch_size))
+
+    drawn = np.arange(70) % 4
+    ev = evaluators.make_evaluator("classifier", classifier=classifier, num_classes=4, reference=[train],
+                                   floor=[test], num_images=70, batch_size=30,
+                                   drawn_labels=lambda n, bs: drawn[:n], sample_key="ema", floor_key="floor")
+    calls.clear()
+    got = ev(samples)
+    assert calls == [30, 30, 30]  # one classifier pass over the samples (the source rounds up)
+    grid = np.round(np.clip((fake[:70] + 1) * 127.5, 0, 255)) / 127.5 - 1
+    logits, feats = classifier(grid)
+    real = train[:70].reshape(70, -1) @ proj
+    want = _brute(real, feats)
+    want["ema"] = frechet_distance(*feature_statistics(real), *feature_statistics(feats))
+    want["floor"] = frechet_distance(*feature_statistics(real), *feature_statistics(test[:70].reshape(70, -1) @ proj))
+    shares = np.bincount(logits.argmax(1), minlength=4) / 70
+    want.update(class_entropy=scipy.stats.entropy(shares) / np.log(4), class_share_min=shares.min(),
+                class_share_max=shares.max(), conditional_accuracy=np.mean(logits.argmax(1) == drawn))
+    assert set(got) == set(want)
+    for key in want:  # float32 features: BLAS may block 90 rows unlike 70
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, err_msg=key)

@@ -14,7 +14,10 @@ Built in:
 * ``"fid"``: FID (and IS) with pytorch-fid's protocol (``jaxvision.metrics.fid``)
   against an image source (``tfds:NAME:SPLIT``, a folder, a statistics ``.npz``);
 * ``"precision_recall"``: improved precision/recall and density/coverage in a feature
-  space of the caller's; ``"class_histogram"``: the classes a classifier assigns.
+  space of the caller's; ``"class_histogram"``: the classes a classifier assigns;
+* ``"classifier"``: all of those in one pass of a classifier that returns (logits,
+  features) (a GAN scored in our ViT's space), plus, for a conditional generator, the
+  classifier's accuracy against the classes the samples were drawn for.
 
 Adding one::
 
@@ -137,6 +140,46 @@ def class_histogram(*, classifier: Callable, num_classes: int, num_images: int =
         h = fidelity.class_histogram(_sample_outputs(classifier, samples, num_images, batch_size), num_classes)
         return {"class_entropy": h["entropy_normalized"], "class_share_min": h["min_share"],
                 "class_share_max": h["max_share"]}
+    return evaluate
+
+
+@register_evaluator("classifier")
+def classifier_space(*, classifier: Callable, reference, num_classes: int, num_images: int = 10_000, floor=None,
+                     batch_size: int = 500, drawn_labels: Callable[[int, int], np.ndarray] | None = None,
+                     k_pr: int = 3, k_dc: int = 5, sample_key: str = "samples",
+                     floor_key: str = "real_floor") -> Evaluator:
+    """`classifier`: images -> (logits [B, C], features [B, D]), run once per sample batch.
+    Returns the Fréchet distance to the real features (`sample_key`; `floor_key`: that of
+    the real `floor` batches, a perfect generator's value at this count), precision,
+    recall, density, coverage, the class histogram's normalised entropy and smallest and
+    largest share, and `conditional_accuracy` when `drawn_labels(num_images, batch_size)`
+    gives the labels the samples were drawn for."""
+    features = lambda images: classifier(images)[1]
+    real = reference_features(features, reference, num_images)
+    real_stats = feature_statistics(real)
+    floor_fd = None
+    if floor is not None:
+        floor_fd = frechet_distance(*real_stats, *feature_statistics(reference_features(features, floor, num_images)))
+
+    def evaluate(samples: SampleSource) -> dict:
+        logits, fake = [], []
+        for x in samples(num_images, batch_size):
+            batch_logits, batch_features = classifier(quantize(x))
+            logits.append(np.asarray(batch_logits))
+            fake.append(np.asarray(batch_features))
+        logits, fake = np.concatenate(logits)[:num_images], np.concatenate(fake)[:num_images]
+        out = {sample_key: frechet_distance(*real_stats, *feature_statistics(fake))}
+        if floor_fd is not None:
+            out[floor_key] = floor_fd
+        out.update(fidelity.precision_recall_density_coverage(real, fake, k_pr=k_pr, k_dc=k_dc))
+        h = fidelity.class_histogram(logits, num_classes)
+        out.update(class_entropy=h["entropy_normalized"], class_share_min=h["min_share"],
+                   class_share_max=h["max_share"])
+        if drawn_labels is not None:
+            out["conditional_accuracy"] = fidelity.conditional_accuracy(
+                logits, drawn_labels(num_images, batch_size), num_classes)
+        return out
+
     return evaluate
 
 

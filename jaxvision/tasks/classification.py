@@ -196,9 +196,9 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
     )
 
 
-def feature_fn_from_run(workdir):
-    """A jitted `images -> pre-logit features` function of a trained classifier run
-    (its `config.json` and newest checkpoint): a feature space for Fréchet distances."""
+def classifier_fn_from_run(workdir):
+    """A jitted `images -> (logits, pre-logit features)` function of a trained classifier
+    run (its `config.json` and newest checkpoint), and its number of classes."""
     import json
     from pathlib import Path
 
@@ -207,11 +207,19 @@ def feature_fn_from_run(workdir):
     # Only the model section matters (fine-tune runs add sections of their own).
     model_cfg = config_lib.from_dict(ModelConfig, json.loads((Path(workdir) / "config.json").read_text())["model"])
     params = load_params(workdir)
-    model = build_model(model_cfg, num_classes=params["head"]["kernel"].shape[-1])
+    num_classes = params["head"]["kernel"].shape[-1]
+    model = build_model(model_cfg, num_classes=num_classes)
 
     @jax.jit
-    def features(images):
-        _, intermediates = model.apply({"params": params}, images, train=False)
-        return intermediates["pre_logits"]
+    def classify(images):
+        logits, intermediates = model.apply({"params": params}, images, train=False)
+        return logits, intermediates["pre_logits"]
 
-    return features
+    return classify, num_classes
+
+
+def feature_fn_from_run(workdir):
+    """A jitted `images -> pre-logit features` function of a trained classifier run: a
+    feature space for Fréchet distances."""
+    classify, _ = classifier_fn_from_run(workdir)
+    return jax.jit(lambda images: classify(images)[1])

@@ -35,6 +35,7 @@ class GANModelConfig:
     conditional: bool = False
     spectral_norm: bool = False
     image_size: int | None = None  # None: the dataset's own size (28, 32 or 64)
+    upsample: str = "transpose"  # G's 2x layers: "transpose", "resize_conv" or "subpixel"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_clas
     classes = num_classes if cfg.conditional else None
     return (
         Generator(image_size=image_size, channels=channels, latent_dim=cfg.latent_dim, width=cfg.g_width,
-                  num_classes=classes, axis_name=axis_name),
+                  num_classes=classes, axis_name=axis_name, upsample=cfg.upsample),
         Discriminator(image_size=image_size, channels=channels, width=cfg.d_width, num_classes=classes,
                       spectral_norm=cfg.spectral_norm),
     )
@@ -222,7 +223,7 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
     grid_rows = num_classes or int(np.ceil(np.sqrt(cfg.num_samples_grid)))
     z_grid, y_grid = fixed_noise(cfg.seed, cfg.num_samples_grid, cfg.model.latent_dim, num_classes)
     primary = jax.process_index() == 0
-    fd = fd_vit_evaluator(cfg, classifier_config) if cfg.fd.num_samples else None
+    fd = vit_space_evaluator(cfg, classifier_config, num_classes) if cfg.fd.num_samples else None
 
     def samples_hook(step, state):
         state = sampling_state(state)
@@ -233,7 +234,8 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         samples = sample_source(sample_fn, state, seed=cfg.seed, latent_dim=cfg.model.latent_dim,
                                 num_classes=num_classes)
         if fd is not None and (step == cfg.total_steps or (cfg.fd.every and step % cfg.fd.every == 0)):
-            metrics.update({f"fd_vit/{k}": v for k, v in fd(samples).items()})
+            # The Fréchet distance keeps its "fd_vit/" names; the rest of the ViT space is "vit/".
+            metrics.update({f"{'fd_vit' if k in FD_KEYS else 'vit'}/{k}": v for k, v in fd(samples).items()})
         if step == cfg.total_steps and cfg.fd.fid_samples:
             metrics.update({f"fid/{k}": v for k, v in fid_of_samples(cfg, samples).items()})
         return metrics
@@ -284,10 +286,24 @@ def fid_of_samples(cfg: GANConfig, samples) -> dict:
     return fid(samples)
 
 
-def fd_vit_evaluator(cfg: GANConfig, classifier_config=None):
-    """FD-ViT of EMA samples against training images, next to the real-data floor (test
-    images against the same training images). The classifier is `cfg.fd.classifier_workdir`'s
-    run, trained first with `classifier_config` if that folder holds none."""
+FD_KEYS = ("ema_samples", "real_test_floor")
+
+
+def drawn_labels(num_images: int, batch_size: int, *, seed: int, latent_dim: int, num_classes: int) -> np.ndarray:
+    """The labels `sample_batches` draws its samples for, in the same order."""
+    return np.concatenate([np.asarray(fixed_noise(seed + 1 + i, batch_size, latent_dim, num_classes)[1])
+                           for i in range(0, num_images, batch_size)])[:num_images]
+
+
+def vit_space_evaluator(cfg: GANConfig, classifier_config=None, num_classes: int | None = None):
+    """EMA samples scored in the feature space of our own classifier, in one pass: FD-ViT
+    next to the real-data floor (test images against the same training images), precision,
+    recall, density, coverage, the class histogram and, for a conditional GAN
+    (`num_classes` set), the classifier's accuracy on the classes the samples were drawn
+    for. The classifier is `cfg.fd.classifier_workdir`'s run, trained first with
+    `classifier_config` if that folder holds none."""
+    import functools
+
     from jaxvision import data
     from jaxvision.tasks import classification
 
@@ -300,14 +316,21 @@ def fd_vit_evaluator(cfg: GANConfig, classifier_config=None):
             )
         print(f"FD-ViT: no classifier in {classifier}; training one for {cfg.fd.classifier_steps} steps first.")
         classification.run(dataclasses.replace(classifier_config, total_steps=cfg.fd.classifier_steps), classifier)
+    classify, classifier_classes = classification.classifier_fn_from_run(classifier)
+    if num_classes is not None and num_classes != classifier_classes:
+        raise config_lib.ConfigError(
+            f"The classifier in {classifier} has {classifier_classes} classes but the conditional GAN draws "
+            f"{num_classes}: point fd.classifier_workdir at a classifier of the GAN's dataset.")
 
     def real(split):
         return data.eval_batches(cfg.data.dataset, split, global_batch_size=500, data_dir=cfg.data.data_dir)
 
+    drawn = None if num_classes is None else functools.partial(
+        drawn_labels, seed=cfg.seed, latent_dim=cfg.model.latent_dim, num_classes=num_classes)
     return evaluators.make_evaluator(
-        "fd", features=classification.feature_fn_from_run(classifier), num_images=cfg.fd.num_samples,
+        "classifier", classifier=classify, num_classes=classifier_classes, num_images=cfg.fd.num_samples,
         reference=real(cfg.data.train_split), floor=real(cfg.data.eval_split), batch_size=500,
-        sample_key="ema_samples", floor_key="real_test_floor")
+        drawn_labels=drawn, sample_key=FD_KEYS[0], floor_key=FD_KEYS[1])
 
 
 def load_generator(workdir):
