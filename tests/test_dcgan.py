@@ -169,3 +169,56 @@ def test_one_adam_step_lowers_each_loss():
                                                                    g_vars["params"])
     assert d_after < d_before - 1e-4, (d_before, d_after)
     assert g_after < g_before - 1e-4, (g_before, g_after)
+
+
+def test_depth_to_space_matches_a_pixel_loop():
+    from jaxvision.models.dcgan import depth_to_space
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4 * 5)).astype(np.float32)
+    want = np.zeros((2, 6, 8, 5), np.float32)
+    for y, xx, dy, dx in itertools.product(range(3), range(4), range(2), range(2)):
+        want[:, 2 * y + dy, 2 * xx + dx] = x[:, y, xx, (dy * 2 + dx) * 5:(dy * 2 + dx + 1) * 5]
+    np.testing.assert_array_equal(depth_to_space(jnp.asarray(x)), want)
+
+
+@pytest.mark.parametrize("method", ["resize_conv", "subpixel"])
+def test_upsamplers_against_numpy(method):
+    """Both checkerboard-free layers against NumPy. resize_conv: nearest-neighbour 2x
+    resize, then a 3x3 SAME convolution. subpixel at ICNR initialisation (its four
+    sub-pixel kernels start equal): the 3x3 convolution at the low resolution, then a
+    nearest-neighbour 2x resize."""
+    from jaxvision.models.dcgan import Upsample2x
+
+    x = normal(1, (2, 5, 5, 3))
+    layer = Upsample2x(4, method, use_bias=False)
+    params = layer.init(key(), x)["params"]["conv"]
+    kernel = np.asarray(params["kernel"], np.float64)
+
+    def conv3x3(a, k):
+        pad = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        h, w = a.shape[1:3]
+        return sum(np.einsum("bhwc,cd->bhwd", pad[:, i:i + h, j:j + w], k[i, j]) for i in range(3) for j in range(3))
+
+    def nearest2x(a):
+        return np.repeat(np.repeat(a, 2, 1), 2, 2)
+
+    x64 = np.asarray(x, np.float64)
+    if method == "subpixel":
+        assert kernel.shape == (3, 3, 3, 16)
+        for k in range(1, 4):  # ICNR: each block of 4 output channels is the same kernel
+            np.testing.assert_array_equal(kernel[..., 4 * k:4 * k + 4], kernel[..., :4])
+        want = nearest2x(conv3x3(x64, kernel[..., :4]))
+    else:
+        want = conv3x3(nearest2x(x64), kernel)
+    np.testing.assert_allclose(layer.apply({"params": {"conv": params}}, x), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["resize_conv", "subpixel"])
+def test_generator_upsample_options(method):
+    G = Generator(image_size=28, channels=1, latent_dim=LATENT, width=WIDTH, upsample=method)
+    z = normal(2, (B, LATENT))
+    variables = G.init(key(), z, train=False)
+    assert G.apply(variables, z, train=False).shape == (B, 28, 28, 1)
+    assert set(variables["params"]) == {"project", "project_bn", "up0", "up0_bn", "to_image"}
+    with pytest.raises(ValueError, match="upsample must be one of"):
+        Generator(image_size=28, latent_dim=LATENT, width=WIDTH, upsample="bilinear").init(key(), z, train=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -41,6 +42,62 @@ def _num_upsamplings(image_size: int) -> int:
             f"{', '.join(map(str, SUPPORTED_IMAGE_SIZES))}"
         )
     return (image_size // _BASE_SIZE[image_size]).bit_length() - 1
+
+
+UPSAMPLERS = ("transpose", "resize_conv", "subpixel")
+
+
+def depth_to_space(x, block: int = 2):
+    """[B, H, W, block*block*C] -> [B, H*block, W*block, C]; channel (dy*block + dx)*C + c
+    becomes pixel (block*y + dy, block*x + dx), channel c (TensorFlow's order)."""
+    b, h, w, c = x.shape
+    c //= block * block
+    x = x.reshape(b, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * block, w * block, c)
+
+
+def icnr(base_init, block: int = 2):
+    """ICNR initialisation (Aitken et al. 2017) of a sub-pixel conv: the block*block
+    outputs of each input pixel start equal, so at init the layer is a nearest-neighbour
+    upsampling followed by a convolution, free of checkerboard patterns."""
+    def init(key, shape, dtype=jnp.float32):
+        *k, c_in, c_out = shape
+        base = base_init(key, (*k, c_in, c_out // (block * block)), dtype)
+        return jnp.tile(base, (1,) * len(k) + (1, block * block))
+    return init
+
+
+class Upsample2x(nn.Module):
+    """Doubles the spatial size and maps to `features` channels, as `method` says:
+
+    * "transpose": ConvTranspose 4x4 stride 2 (the DCGAN paper's layer);
+    * "resize_conv": nearest-neighbour 2x resize, then Conv 3x3 (Odena et al. 2016,
+      "Deconvolution and Checkerboard Artifacts": every output pixel sees the same
+      number of inputs, so no checkerboard);
+    * "subpixel": Conv 3x3 to 4x the channels at the low resolution, then depth-to-space
+      (Shi et al. 2016), ICNR-initialised; the cheapest of the three.
+    """
+
+    features: int
+    method: str = "transpose"
+    use_bias: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(use_bias=self.use_bias, dtype=self.dtype, name="conv")
+        if self.method == "transpose":
+            return nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), padding="SAME",
+                                    kernel_init=self.kernel_init, **kw)(x)
+        if self.method == "resize_conv":
+            b, h, w, c = x.shape
+            x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+            return nn.Conv(self.features, (3, 3), padding="SAME", kernel_init=self.kernel_init, **kw)(x)
+        if self.method == "subpixel":
+            x = nn.Conv(4 * self.features, (3, 3), padding="SAME", kernel_init=icnr(self.kernel_init), **kw)(x)
+            return depth_to_space(x, 2)
+        raise ValueError(f"upsample must be one of {UPSAMPLERS}, got {self.method!r}")
 
 
 def _check_labels(labels, num_classes: int | None, batch: int, who: str):
@@ -91,6 +148,9 @@ class Generator(nn.Module):
     # flax momentum 0.9). 0 makes the running statistics exactly those of the last batch:
     # how the statistics of EMA weights are recomputed (jaxvision.tasks.gan).
     bn_momentum: float = 0.9
+    # How each layer doubles the resolution: "transpose" (the paper's), "resize_conv" or
+    # "subpixel" (see `Upsample2x`).
+    upsample: str = "transpose"
 
     @nn.compact
     def __call__(self, z, labels=None, *, train: bool):
@@ -100,6 +160,8 @@ class Generator(nn.Module):
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape [B, {self.latent_dim}], got {z.shape}")
         labels = _check_labels(labels, self.num_classes, z.shape[0], "generator")
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample must be one of {UPSAMPLERS}, got {self.upsample!r}")
 
         x = z.astype(self.dtype)
         if labels is not None:
@@ -119,13 +181,17 @@ class Generator(nn.Module):
         x = nn.relu(bn("project_bn")(x))
         for i in range(n - 1):
             ch //= 2
-            x = nn.ConvTranspose(ch, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                                 kernel_init=_dcgan_init, dtype=self.dtype,
-                                 name=f"up{i}")(x)
+            x = self._up(ch, False, f"up{i}")(x)
             x = nn.relu(bn(f"up{i}_bn")(x))
-        x = nn.ConvTranspose(self.channels, (4, 4), strides=(2, 2), padding="SAME",
-                             kernel_init=_dcgan_init, dtype=self.dtype, name="to_image")(x)
+        x = self._up(self.channels, True, "to_image")(x)
         return jnp.tanh(x)
+
+    def _up(self, features: int, use_bias: bool, name: str):
+        if self.upsample == "transpose":  # the paper's layer, under its original parameter names
+            return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias,
+                                    kernel_init=_dcgan_init, dtype=self.dtype, name=name)
+        return Upsample2x(features, self.upsample, use_bias=use_bias, kernel_init=_dcgan_init,
+                          dtype=self.dtype, name=name)
 
 
 class Discriminator(nn.Module):
