@@ -1,0 +1,182 @@
+"""Detection: box ops, the in-step Hungarian matching (against scipy), DETR's set loss
+(against NumPy), the DETR head, and the task's evaluation buffers and pretrained init."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+from jaxvision.losses import detection as D
+from jaxvision.models.detr import DETR
+from jaxvision.tasks import classification as cls
+from jaxvision.tasks import detection as det
+from jaxvision.train import loop
+
+from helpers import tree_equal
+
+
+def _np_giou(a, b):  # one pair of xyxy boxes, the textbook formula
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda x: (x[2] - x[0]) * (x[3] - x[1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
+    return inter / union - (hull - union) / hull
+
+
+def test_box_conversions_and_giou_against_numpy():
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 0.5, (6, 2))
+    xyxy = np.concatenate([lo, lo + rng.uniform(0.05, 0.5, (6, 2))], 1).astype(np.float32)
+    np.testing.assert_allclose(D.cxcywh_to_xyxy(D.xyxy_to_cxcywh(xyxy)), xyxy, atol=1e-6)
+    yxyx = xyxy[:, [1, 0, 3, 2]]
+    np.testing.assert_allclose(D.yxyx_to_cxcywh(yxyx), D.xyxy_to_cxcywh(xyxy), atol=1e-6)
+    giou = np.asarray(D.generalized_box_iou(xyxy, xyxy[::-1]))
+    expected = [[_np_giou(a, b) for b in xyxy[::-1]] for a in xyxy]
+    np.testing.assert_allclose(giou, expected, atol=1e-5)
+    np.testing.assert_allclose(np.diag(np.asarray(D.pairwise_box_iou(xyxy, xyxy)[0])), 1.0, atol=1e-6)
+
+
+def test_hungarian_matches_scipy():
+    for n, m in [(1, 1), (5, 5), (6, 13)]:
+        costs = np.random.default_rng(n * 100 + m).normal(size=(32, n, m)).astype(np.float32)
+        cols = np.asarray(jax.jit(jax.vmap(D.linear_sum_assignment))(costs))
+        for c, got in zip(costs, cols):
+            rows, ref = scipy_lsa(c)
+            assert len(set(got.tolist())) == n  # a valid assignment
+            np.testing.assert_array_equal(got, ref)  # random costs: the optimum is unique
+
+
+def test_hungarian_rejects_more_rows_than_columns():
+    with pytest.raises(ValueError, match="rows <= columns"):
+        D.linear_sum_assignment(jnp.zeros((3, 2)))
+
+
+SET_LOSS = jax.jit(D.set_loss)  # eager, the matching's lax loops dispatch op by op
+
+
+def _targets():
+    boxes = np.array([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2], [0, 0, 0, 0]],
+                      [[0.5, 0.5, 0.4, 0.6], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
+    labels = np.array([[2, 0, 0], [1, 0, 0]], np.int32)
+    valid = np.array([[True, True, False], [True, False, False]])
+    return labels, boxes, valid
+
+
+def test_set_loss_of_a_perfect_prediction_against_numpy():
+    labels, boxes, valid = _targets()
+    q, c = 4, 3
+    slot = [[2, 0], [3]]  # the query that holds each target (the matcher must find them)
+    rng = np.random.default_rng(1)
+    pred_boxes = rng.uniform(0.2, 0.8, (2, q, 4)).astype(np.float32) * [1, 1, 0.3, 0.3]
+    logits = np.full((2, q, c + 1), 0.0, np.float32)
+    logits[..., c] = 1.0  # no-object everywhere else
+    classes = np.full((2, q), c)
+    for b in range(2):
+        for k, j in enumerate(slot[b]):
+            pred_boxes[b, j], logits[b, j, labels[b, k]] = boxes[b, k], 8.0
+            classes[b, j] = labels[b, k]
+    loss, m = SET_LOSS(jnp.stack([logits] * 2), jnp.stack([pred_boxes] * 2), labels, boxes, valid)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, classes[..., None], -1)[..., 0]
+    w = np.where(classes == c, 0.1, 1.0)
+    expected_ce = (w * ce).sum() / w.sum()
+    np.testing.assert_allclose(m["loss_ce"], expected_ce, rtol=1e-5)
+    np.testing.assert_allclose([m["loss_l1"], m["loss_giou"]], [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(loss, 2 * expected_ce, rtol=1e-5)  # two layers, each its own loss
+
+
+def test_set_loss_box_terms_against_numpy_and_target_order_invariance():
+    labels, boxes, valid = _targets()
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
+    pred = rng.uniform(0.2, 0.6, (1, 2, 3, 4)).astype(np.float32)
+    _, m = SET_LOSS(logits, pred, labels, boxes, valid)
+    # brute force over every assignment of targets to queries with DETR's cost
+    l1s, gious = [], []
+    for b in range(2):
+        k = valid[b].sum()
+        best = None
+        for perm in itertools.permutations(range(3), int(k)):
+            prob = np.exp(logits[0, b]) / np.exp(logits[0, b]).sum(-1, keepdims=True)
+            cost = sum(-prob[j, labels[b, t]] + 5 * np.abs(pred[0, b, j] - boxes[b, t]).sum()
+                       - 2 * _np_giou(np.asarray(D.cxcywh_to_xyxy(pred[0, b, j])), np.asarray(D.cxcywh_to_xyxy(boxes[b, t])))
+                       for t, j in enumerate(perm))
+            if best is None or cost < best[0]:
+                best = (cost, perm)
+        for t, j in enumerate(best[1]):
+            l1s.append(np.abs(pred[0, b, j] - boxes[b, t]).sum())
+            gious.append(1 - _np_giou(np.asarray(D.cxcywh_to_xyxy(pred[0, b, j])),
+                                      np.asarray(D.cxcywh_to_xyxy(boxes[b, t]))))
+    np.testing.assert_allclose(m["loss_l1"], np.sum(l1s) / 3, rtol=1e-5)
+    np.testing.assert_allclose(m["loss_giou"], np.sum(gious) / 3, rtol=1e-5)
+    flip = [1, 0, 2]  # the same objects listed in another order
+    _, m2 = SET_LOSS(logits, pred, labels[:, flip], boxes[:, flip], valid[:, flip])
+    np.testing.assert_allclose([m2[k] for k in sorted(m2)], [m[k] for k in sorted(m)], rtol=1e-6)
+
+
+TINY = dict(variant="Ti/4", width=16, depth=1, mlp_dim=32, num_heads=2, pool="gap")
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    vit = cls.build_model(cls.ModelConfig(**TINY), num_classes=0)
+    model = DETR(backbone=vit, num_classes=3, num_queries=4, decoder_layers=1, num_heads=2)
+    return det.make_task(model, optax.adam(1e-3), image_shape=(16, 16, 1), detr=det.DetrConfig(), num_eval=5)
+
+
+def _batch(n, start, mask=None):
+    labels, boxes, valid = _targets()
+    rng = np.random.default_rng(start)
+    xyxy = D.cxcywh_to_xyxy(boxes[np.arange(n) % 2])
+    return {"image": rng.normal(size=(n, 16, 16, 1)).astype(np.float32),
+            "boxes": np.asarray(xyxy)[..., [1, 0, 3, 2]], "labels": (labels[np.arange(n) % 2] + start) % 3,
+            "valid": valid[np.arange(n) % 2], "index": np.arange(start, start + n, dtype=np.int32),
+            "mask": np.ones(n, bool) if mask is None else mask}
+
+
+def test_detr_step_and_eval_buffers_cover_the_split(tiny_task):
+    state = tiny_task.init(jax.random.PRNGKey(0))
+    new_state, metrics = jax.jit(tiny_task.train_step)(state, _batch(3, 0))
+    assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
+    # 5 eval images in batches of 3: the second batch has one padding example.
+    batches = [_batch(3, 0), _batch(3, 3, mask=np.array([True, True, False]))]
+    batches[1]["index"][2] = 5  # what _with_index gives a padding example: out of range
+    form = type("Form", (), {"put_batch": staticmethod(lambda b: b)})()
+    totals = {}
+    stats = loop.evaluate(jax.jit(tiny_task.eval_step), state, batches, form, "test",
+                          finalize=lambda t: totals.update(t) or {})
+    assert stats == {}
+    want_labels = np.concatenate([batches[0]["labels"], batches[1]["labels"][:2]])
+    np.testing.assert_array_equal(totals["gt_labels"], want_labels)
+    np.testing.assert_array_equal(totals["seen"], np.ones(5))
+    gt = np.concatenate([b["boxes"] for b in batches])[:5][..., [1, 0, 3, 2]]
+    np.testing.assert_allclose(totals["gt_boxes"], gt, atol=1e-6)
+    metrics = det.coco_finalize(3, (16, 16))(totals)
+    assert set(metrics) >= {"AP", "AP50", "AP75"} and 0.0 <= metrics["AP"] <= 1.0
+    with pytest.raises(ValueError, match="once"):
+        det.coco_finalize(3, (16, 16))({**totals, "seen": totals["seen"] * 2})
+
+
+def test_backbone_from_a_classifier_run(tmp_path):
+    from jaxvision import config as config_lib
+    from helpers import synthetic_data, tiny_task as tiny_cls_task
+    from jaxvision.train import load_params
+
+    vit_cfg = cls.ModelConfig(**TINY)
+    task = tiny_cls_task(total_steps=2)
+    loop.train(task, workdir=tmp_path, train_data=lambda s: synthetic_data(s), total_steps=1, global_batch_size=8,
+               config={"model": config_lib.to_dict(vit_cfg)}, progress=False, checkpoint_every=1)
+    cfg, loaded = det.backbone_from_run(str(tmp_path), vit_cfg, (16, 16, 1), log=lambda m: None)
+    assert cfg.patch_dropout == 0.0
+    source = load_params(tmp_path)
+    assert "head" in source and "head" not in loaded
+    posemb = "Transformer/posembed_input/pos_embedding"
+    assert loaded["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 16, 16), posemb  # 2x2 -> 4x4
+    drop = lambda t: {k: v for k, v in t.items() if k not in ("head", "Transformer")}  # noqa: E731
+    assert tree_equal(drop(source), drop(loaded))
+    with pytest.raises(FileNotFoundError, match="not a jaxvision run"):
+        det.backbone_from_run(str(tmp_path / "nowhere"), vit_cfg, (16, 16, 1))
