@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/gan.py --preset fmnist --out runs/bench/gan_fmnist.json
     PYTHONPATH=. python benchmarks/gan.py --preset dcgan64      # a GPU: 64x64x3, batch 128
+    PYTHONPATH=. python benchmarks/gan.py --upsample subpixel   # G's 2x layer, on both sides
 
 One iteration = one discriminator step + one generator step, as jaxvision's GAN task does
 it (non-saturating loss, Adam 2e-4 / beta1 0.5, BatchNorm in G, the EMA of G's weights
@@ -47,7 +48,8 @@ class _OursGAN(common.Bench):
 
         self.jax = jax
         model_cfg = gan.GANModelConfig(latent_dim=cfg["latent_dim"], g_width=cfg["g_width"],
-                                       d_width=cfg["d_width"], image_size=cfg["image_size"])
+                                       d_width=cfg["d_width"], image_size=cfg["image_size"],
+                                       upsample=cfg.get("upsample", "transpose"))
         shape = (cfg["image_size"], cfg["image_size"], cfg["channels"])
         generator, discriminator = gan.build_networks(model_cfg, cfg["image_size"], cfg["channels"], None)
         task = gan.make_task(generator, discriminator, gan.GANOptimConfig(), image_shape=shape)
@@ -89,6 +91,14 @@ def _torch_networks(cfg: dict):
     base = {28: 7, 32: 4, 64: 4}[size]
     n = (size // base).bit_length() - 1
 
+    def up(ch_in, ch_out, bias):  # the same 2x layer as ours (jaxvision.models.dcgan.Upsample2x)
+        method = cfg.get("upsample", "transpose")
+        if method == "transpose":
+            return [nn.ConvTranspose2d(ch_in, ch_out, 4, 2, 1, bias=bias)]
+        if method == "resize_conv":
+            return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=bias)]
+        return [nn.Conv2d(ch_in, 4 * ch_out, 3, 1, 1, bias=bias), nn.PixelShuffle(2)]
+
     class Generator(nn.Module):
         def __init__(self):
             super().__init__()
@@ -97,9 +107,9 @@ def _torch_networks(cfg: dict):
             self.project = nn.Linear(cfg["latent_dim"], base * base * ch, bias=False)
             layers = [nn.BatchNorm2d(ch), nn.ReLU()]
             for _ in range(n - 1):
-                layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU()]
+                layers += [*up(ch, ch // 2, False), nn.BatchNorm2d(ch // 2), nn.ReLU()]
                 ch //= 2
-            layers += [nn.ConvTranspose2d(ch, c, 4, 2, 1), nn.Tanh()]
+            layers += [*up(ch, c, True), nn.Tanh()]
             self.net = nn.Sequential(*layers)
 
         def forward(self, z):
@@ -191,6 +201,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="fmnist", choices=sorted(PRESETS))
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--upsample", default="transpose", choices=("transpose", "resize_conv", "subpixel"),
+                   help="G's 2x layer, the same on both sides")
     p.add_argument("--steps-per-dispatch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5, help="iterations per timed burst (at least)")
     p.add_argument("--min-burst-seconds", type=float, default=1.0)
@@ -207,10 +219,11 @@ def main(argv=None):
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
     cfg["steps_per_dispatch"] = args.steps_per_dispatch
+    cfg["upsample"] = args.upsample
     result = {"config": {**cfg, "preset": args.preset, "peer_compile": args.peer_compile, "rounds": args.rounds},
               "machine": common.machine()}
     print(f"DCGAN {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, batch {cfg['batch_size']}, "
-          f"one D + one G step per iteration; load {common.load_average()}")
+          f"G upsampling {cfg['upsample']}, one D + one G step per iteration; load {common.load_average()}")
     sides = {"jaxvision": common.start("jaxvision", "benchmarks.gan:ours", dict(cfg=cfg))}
     if args.peer != "none":
         from benchmarks.vit import _thread_counts
