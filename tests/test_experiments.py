@@ -81,7 +81,7 @@ def test_dcgan_experiment_writes_every_output(vit_run, tmp_path, tfds_data_dir):
         "--config.log_every=2", "--config.sample_every=2", "--config.checkpoint_every=2",
         "--config.model.g_width=8", "--config.model.d_width=8", "--config.model.latent_dim=8",
         "--config.num_samples_grid=16", f"--config.fd.classifier_workdir={vit_run}", "--config.fd.num_samples=64",
-        "--config.data.train_split=train[:512]", f"--config.data.data_dir={tfds_data_dir}", "--config.progress=false",
+        "--config.fd.fid_samples=0", "--config.data.train_split=train[:512]", f"--config.data.data_dir={tfds_data_dir}", "--config.progress=false",
     )
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] == 4
