@@ -123,3 +123,62 @@ def test_overlay():
     np.testing.assert_array_equal(rgb[0, 7], jet[1])  # the hot corner
     plain = explain.overlay(image, heat, alpha=0.0)
     np.testing.assert_array_equal(plain[..., 0], np.round(255 * (image[..., 0] + 1) / 2).astype(np.uint8))
+
+
+# --- the overlay command ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A classification run folder as the task writes it (config.json + an orbax
+    checkpoint of the state), without training: random parameters of a tiny CLS ViT."""
+    import dataclasses
+    import json
+
+    from jaxvision.tasks import classification
+    from jaxvision.train.checkpoint import Checkpointer
+
+    run = tmp_path_factory.mktemp("run")
+    model_cfg = classification.ModelConfig(variant=None, width=16, depth=1, mlp_dim=32, num_heads=2, pool="cls")
+    model_cfg = dataclasses.replace(model_cfg, variant="Ti/4")
+    model = classification.build_model(model_cfg, num_classes=3)
+    params = numpy_params(model, (8, 8, 1), seed=3)
+    (run / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model_cfg), "total_steps": 1}))
+    ckpt = Checkpointer(run / "checkpoints", save_every=1, async_save=False)
+    ckpt.save(1, {"params": params, "step": np.int32(1)}, force=True)
+    ckpt.close()
+    return run, model, params
+
+
+def test_attention_app_writes_overlays_and_refuses_bad_input(tiny_run, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from jaxvision.apps import attention
+
+    run, model, params = tiny_run
+    assert attention.input_shape(model, params) == (8, 8, 1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (36, 20, 3), dtype=np.uint8)).save(folder / "colour.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(folder / "grey.png")
+    written = attention.main(["--run", str(run), "--images", str(folder), "--out", str(tmp_path / "out"),
+                              "--head-fusion", "max", "--discard-ratio", "0.5"])
+    assert [p.name for p in written] == ["colour_attention.png", "grey_attention.png"]
+    with Image.open(written[1]) as im:  # 3 panels of 8 px x 14 (>= 112 px) and two 4 px gaps
+        assert im.size == (3 * 112 + 2 * 4, 112) and im.mode == "RGB"
+        panel = np.asarray(im)[:, :112]
+    with Image.open(folder / "grey.png") as im:  # the first panel is the input, upscaled
+        np.testing.assert_array_equal(panel[::14, ::14, 0], np.asarray(im))
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert sorted(predictions) == ["colour.png", "grey.png"] and 0 <= predictions["grey.png"]["class"] < 3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images"):
+        attention.main(["--run", str(run), "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="not a run folder"):
+        attention.main(["--run", str(tmp_path), "--images", str(folder), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="discard-ratio"):
+        attention.main(["--run", str(run), "--images", str(folder), "--out", str(tmp_path / "o"),
+                        "--discard-ratio", "1.5"])
