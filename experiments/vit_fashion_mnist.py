@@ -71,9 +71,27 @@ def get_config(preset: str = "default") -> cls.ClassificationConfig:
     return config
 
 
+def write_attention_figure(config, workdir, num_images: int = 8):
+    """plots/attention_rollout.png: the first test images under the trained model's
+    attention rollout and per-layer maps (jaxvision.explain). Reads the finished run only,
+    so no metric or result changes; written once (a rerun of a finished run keeps it)."""
+    import jax
+
+    from jaxvision.apps import attention
+    from jaxvision.data.evaluation import image_batches
+
+    path = os.path.join(workdir, "plots", "attention_rollout.png")
+    if os.path.exists(path) or jax.process_index() != 0:
+        return
+    _, batches = image_batches(config.data.dataset, config.data.eval_split, num_images=num_images,
+                               data_dir=config.data.data_dir)
+    attention.write_rollout_figure(workdir, next(iter(batches)) / 127.5 - 1.0, path)
+
+
 def main(argv=None):
     config, args = cli.parse(argv, get_config, PRESETS, description=__doc__)
     results = cls.run(config, args.workdir)
+    write_attention_figure(config, args.workdir)
     print({k: results[k] for k in ("test_accuracy", "steps", "wall_seconds", "train_images_per_second") if k in results})
     return results
 

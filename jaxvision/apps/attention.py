@@ -117,12 +117,19 @@ def panels(model, params, images, *, head_fusion: str = "mean", discard_ratio: f
 
 
 def write_rollout_figure(run, images, path, **kw) -> Path:
-    """One PNG of `images` ([N, H, W, C] in [-1, 1], the run's input size) under the run's
-    attention, one image per row (input | rollout | layers)."""
+    """One PNG of `images` ([N, H, W, C] in [-1, 1]; resized to the run's input size)
+    under the run's attention, one image per row (input | rollout | layers)."""
     from PIL import Image
 
+    import jax
+
     model, params = load_classifier(run)
-    pictures, _ = panels(model, params, np.asarray(images, np.float32), **kw)
+    images = np.asarray(images, np.float32)
+    h, w, c = input_shape(model, params)
+    if images.shape[1:] != (h, w, c):  # e.g. a run trained at another data.image_size
+        images = np.asarray(jax.image.resize(images[..., :1] if c == 1 else images, (len(images), h, w, c),
+                                             "bilinear"))
+    pictures, _ = panels(model, params, images, **kw)
     gap = np.full((4, pictures.shape[2], 3), 255, np.uint8)
     figure = np.concatenate([p for picture in pictures for p in (picture, gap)][:-1], axis=0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
