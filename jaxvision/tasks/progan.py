@@ -150,6 +150,7 @@ def real_at_level(images, level: int, alpha):
 
 
 compile_stats = {"count": 0, "seconds": 0.0}
+_last_task = None  # (key, Task) of run()'s last task
 _listening = []
 
 
@@ -372,10 +373,16 @@ def run(cfg: ProGANConfig, workdir) -> dict:
         metrics.update(evaluators(samples, final=step == total))
         return metrics
 
-    task = make_task(generator, discriminator, cfg.optim, phases, image_shape=(h, w, c) if image_size is None
-                     else (res, res, c), drift_weight=cfg.drift_weight, reset_optimizer=cfg.schedule.reset_optimizer,
-                     hooks=[phase_end_hook], axis_name=form.axis_name,
+    # The step of the last run in this process is reused when nothing it depends on changed,
+    # so a resumed or repeated run in the same process does not compile again.
+    global _last_task
+    task_args = dict(image_shape=(h, w, c) if image_size is None else (res, res, c), drift_weight=cfg.drift_weight,
+                     reset_optimizer=cfg.schedule.reset_optimizer, axis_name=form.axis_name,
                      local_fraction=jax.device_count() if form.axis_name else 1)
+    key = (cfg.model, c, cfg.optim, tuple(phases), tuple(sorted(task_args.items())))
+    if _last_task is None or _last_task[0] != key:
+        _last_task = (key, make_task(generator, discriminator, cfg.optim, phases, **task_args))
+    task = dataclasses.replace(_last_task[1], hooks=(phase_end_hook,))
     read_batch = max(p.batch for p in phases)
 
     def train_data(start_step):
