@@ -170,9 +170,24 @@ def eval_batches(data_cfg: InpaintDataConfig, num_images: int | None = None):
     `num_images`: its first ones only."""
     from jaxvision import data
 
-    split = data_cfg.eval_split if num_images is None else f"{data_cfg.eval_split}[:{num_images}]"
-    return _with_masks(data.eval_batches(data_cfg.dataset, split, global_batch_size=data_cfg.eval_batch_size,
-                                         data_dir=data_cfg.data_dir), data_cfg, 0)
+    split = data_cfg.eval_split
+    if num_images is not None and "[" not in split:
+        split = f"{split}[:{num_images}]"
+    batch = data_cfg.eval_batch_size if num_images is None else min(num_images, data_cfg.eval_batch_size)
+    batches = _with_masks(data.eval_batches(data_cfg.dataset, split, global_batch_size=batch,
+                                            data_dir=data_cfg.data_dir), data_cfg, 0)
+    if num_images is None:
+        return batches
+    return _first(batches, num_images)
+
+
+def _first(batches, n):
+    for batch in batches:
+        take = min(n, len(batch["target"]))
+        yield {k: v[:take] for k, v in batch.items()}
+        n -= take
+        if n <= 0:
+            return
 
 
 def run(cfg: Pix2PixConfig, workdir) -> dict:

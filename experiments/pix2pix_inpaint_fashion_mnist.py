@@ -1,0 +1,172 @@
+"""Inpainting on Fashion-MNIST: a classical fill, a U-Net trained on L1 alone, and pix2pix.
+
+Command (after the README's set-up; FD-ViT needs a Fashion-MNIST classifier run, by default
+the main job's runs/vit_fashion_mnist, trained first if that folder holds none):
+    .venv/bin/python experiments/pix2pix_inpaint_fashion_mnist.py --workdir runs/pix2pix_inpaint
+    .venv/bin/python experiments/pix2pix_inpaint_fashion_mnist.py --workdir runs/p2p --config.total_steps=200
+
+It trains the same U-Net twice on the same data, holes and seed, once on L1 alone
+(workdir/l1) and once as pix2pix (workdir/pix2pix: + the conditional PatchGAN loss), then
+scores both and the harmonic fill (jaxvision.inpainting) on the test split, every image
+with its own deterministic hole (mask kind "mixed": centre box, random boxes or strokes):
+L1 and PSNR over the hole, SSIM over the image, and the Fréchet distance of the
+completed test images to the real test images in our ViT classifier's feature space
+(FD-ViT; the real train images' FD to the same reference is the floor). FID of completed
+images (pytorch-fid protocol, `fid_samples` images, 1000 by default because FID-Inception
+runs at about 1 s an image on this CPU) is added when the FID-Inception weights are
+installed; without them the column says so. The table goes to workdir/comparison.md and
+comparison.json. Both trainings resume where they stopped; a finished one is kept.
+
+Measured (2-core CPU, shared with other jobs): see the README and comparison.md; the run
+recorded below in the README was made with the defaults of this file.
+
+Override any field: --config.total_steps=500 --config.model.g_width=16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxvision import cli  # noqa: E402
+from jaxvision.inpainting import harmonic_fill_batch  # noqa: E402
+from jaxvision.metrics.image_quality import inpainting_metrics  # noqa: E402
+from jaxvision.tasks import pix2pix  # noqa: E402
+
+import vit_fashion_mnist  # noqa: E402  (the FD-ViT classifier's recipe)
+
+PRESETS = ("compare",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig(pix2pix.Pix2PixConfig):
+    fd_classifier_workdir: str = "runs/vit_fashion_mnist"
+    fd_classifier_steps: int = 1000  # when the classifier must be trained first
+    fd_num_images: int = 10_000  # completed test images in FD-ViT (and the metrics' count)
+    fid_samples: int = 1000  # FID is slow on CPU: a documented smaller count
+
+
+def get_config(preset: str = "compare") -> ExperimentConfig:
+    return ExperimentConfig(
+        # Width 32 (half the paper's 64), batch 64: sized for the 2-core CPU's time budget.
+        model=pix2pix.Pix2PixModelConfig(g_width=32, d_width=32, dropout=0.5, norm="batch"),
+        data=pix2pix.InpaintDataConfig(dataset="fashion_mnist", mask_kind="mixed", mask_seed=0),
+        optim=pix2pix.GANOptimConfig(loss="non_saturating", g_learning_rate=2e-4, d_learning_rate=2e-4, b1=0.5),
+        l1_weight=100.0,
+        d_loss_weight=0.5,
+        global_batch_size=64,
+        total_steps=1500,
+        eval_every=500,
+        checkpoint_every=500,
+        log_every=50,
+    )
+
+
+def _task_config(cfg: ExperimentConfig, adversarial: bool) -> pix2pix.Pix2PixConfig:
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(pix2pix.Pix2PixConfig)}
+    return pix2pix.Pix2PixConfig(**{**fields, "adversarial": adversarial})
+
+
+def _fd_evaluator(cfg: ExperimentConfig, reference_images: np.ndarray):
+    from jaxvision import data
+    from jaxvision.metrics import evaluators
+    from jaxvision.tasks import classification
+
+    classifier = Path(cfg.fd_classifier_workdir)
+    if not (classifier / "config.json").is_file():
+        print(f"FD-ViT: no classifier in {classifier}; training one for {cfg.fd_classifier_steps} steps first.")
+        classification.run(dataclasses.replace(vit_fashion_mnist.get_config(), total_steps=cfg.fd_classifier_steps),
+                           classifier)
+    floor = data.eval_batches(cfg.data.dataset, cfg.data.train_split, global_batch_size=500,
+                              data_dir=cfg.data.data_dir)
+    n = len(reference_images)
+    return evaluators.make_evaluator(
+        "fd", features=classification.feature_fn_from_run(classifier), num_images=n,
+        reference=[reference_images[i:i + 500] for i in range(0, n, 500)], floor=floor, batch_size=500,
+        sample_key="fd_vit", floor_key="fd_vit_floor_train_images")
+
+
+def _fid_evaluator(cfg: ExperimentConfig):
+    from jaxvision.metrics import evaluators
+    from jaxvision.pretrained.inception import default_weights_path, fid_inception
+
+    if not cfg.fid_samples or not default_weights_path().is_file():
+        return None
+    return evaluators.make_evaluator("fid", net_factory=fid_inception, num_images=cfg.fid_samples, metrics=("fid",),
+                                     reference=f"tfds:{cfg.data.dataset}:{cfg.data.eval_split}",
+                                     data_dir=cfg.data.data_dir)
+
+
+def _source(images: np.ndarray):
+    return lambda num_images, batch_size: (images[i:i + batch_size] for i in range(0, num_images, batch_size))
+
+
+def score(name: str, complete, cfg: ExperimentConfig, fd, fid) -> dict:
+    """Metrics of `complete(batch) -> completed images` on the first fd_num_images test images."""
+    t0 = time.perf_counter()
+    metrics_fn = jax.jit(inpainting_metrics)
+    sums, done = {}, []
+    for batch in pix2pix.eval_batches(cfg.data, cfg.fd_num_images):
+        out = np.asarray(complete(batch), np.float32)
+        for k, v in metrics_fn(out, batch["target"], batch["hole"]).items():
+            sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v)[np.asarray(batch["mask"])]))
+        done.append(out[np.asarray(batch["mask"])])
+    done = np.concatenate(done)
+    row = {k: v / len(done) for k, v in sums.items()}
+    row.update(fd(_source(done)))
+    if fid is not None:
+        row.update(fid(_source(done)))
+    row["images"], row["eval_seconds"] = len(done), time.perf_counter() - t0
+    print(name, row, flush=True)
+    return row
+
+
+def table(rows: dict, fid_note: str) -> str:
+    lines = ["| method | L1 hole (0-1) | PSNR hole (dB) | SSIM | FD-ViT | FID |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        fid = f"{r['fid']:.2f}" if "fid" in r else fid_note
+        lines.append(f"| {name} | {r['hole_l1']:.4f} | {r['hole_psnr']:.2f} | {r['ssim']:.4f} | {r['fd_vit']:.3f} "
+                     f"| {fid} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    cfg, args = cli.parse(argv, get_config, PRESETS, description=__doc__)
+    workdir = Path(args.workdir)
+    trained = {}
+    for name, adversarial in (("l1", False), ("pix2pix", True)):
+        results = pix2pix.run(_task_config(cfg, adversarial), workdir / name)
+        trained[name] = {k: results.get(k) for k in ("steps", "wall_seconds_total", "train_images_per_second")}
+
+    targets = np.concatenate([b["target"][b["mask"]] for b in pix2pix.eval_batches(cfg.data, cfg.fd_num_images)])
+    fd, fid = _fd_evaluator(cfg, targets), _fid_evaluator(cfg)
+    fid_note = f"FID of {cfg.fid_samples}" if fid else "n/a: no FID-Inception weights"
+    methods = {
+        "harmonic fill (NumPy)": lambda b: harmonic_fill_batch(b["masked"], b["hole"]),
+        "U-Net, L1 only": pix2pix.load_completer(workdir / "l1")[0],
+        "pix2pix (U-Net + PatchGAN)": pix2pix.load_completer(workdir / "pix2pix")[0],
+    }
+    rows = {name: score(name, fn, cfg, fd, fid) for name, fn in methods.items()}
+    text = table(rows, fid_note)
+    gan, l1 = rows["pix2pix (U-Net + PatchGAN)"], rows["U-Net, L1 only"]
+    verdict = (f"pix2pix vs L1 only: FD-ViT {gan['fd_vit']:.3f} vs {l1['fd_vit']:.3f}, "
+               f"PSNR {gan['hole_psnr'] - l1['hole_psnr']:+.2f} dB")
+    print(text, "\n" + verdict)
+    (workdir / "comparison.md").write_text(text + "\n\n" + verdict + "\n")
+    (workdir / "comparison.json").write_text(json.dumps({"methods": rows, "training": trained,
+                                                         "fd_floor": gan.get("fd_vit_floor_train_images")},
+                                                        indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
