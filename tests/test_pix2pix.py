@@ -105,7 +105,10 @@ def test_unet_receptive_field():
 
 # --- the pix2pix task on the one adversarial step -------------------------------------
 
+import dataclasses  # noqa: E402
+
 from helpers import tree_equal  # noqa: E402
+from jaxvision import config as config_lib  # noqa: E402
 from jaxvision.data.masks import add_masks  # noqa: E402
 from jaxvision.tasks import pix2pix  # noqa: E402
 from jaxvision.train import Checkpointer, loop  # noqa: E402
@@ -168,15 +171,23 @@ def test_l1_only_ablation_ignores_the_discriminator(gan_task):
     assert not tree_equal(c.params["generator"], d.params["generator"])  # ...while pix2pix's G does
 
 
-def test_kill_and_resume_is_bit_identical(gan_task, tmp_path):
-    def train(workdir, **kw):
-        return loop.train(gan_task, workdir=workdir, total_steps=4, global_batch_size=4, log_every=2,
-                          checkpoint_every=2, progress=False, train_data=lambda s: inpaint_data(s, **kw))
+def _train(task, workdir, **kw):
+    cfg = pix2pix.Pix2PixConfig(model=dataclasses.replace(TINY, image_size=SIZE, channels=1))
+    return loop.train(task, workdir=workdir, total_steps=4, global_batch_size=4, log_every=2, checkpoint_every=2,
+                      progress=False, train_data=lambda s: inpaint_data(s, **kw), config=config_lib.to_dict(cfg))
 
-    train(tmp_path / "straight")
+
+@pytest.fixture(scope="module")
+def tiny_run(gan_task, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pix2pix") / "run"
+    _train(gan_task, workdir)
+    return workdir
+
+
+def test_kill_and_resume_is_bit_identical(gan_task, tiny_run, tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "killed", fail_at=3)
-    train(tmp_path / "killed")
+        _train(gan_task, tmp_path / "killed", fail_at=3)
+    _train(gan_task, tmp_path / "killed")
 
     def restore(workdir):
         c = Checkpointer(workdir / "checkpoints", save_every=1)
@@ -184,4 +195,53 @@ def test_kill_and_resume_is_bit_identical(gan_task, tmp_path):
         c.close()
         return out[0]
 
-    assert tree_equal(restore(tmp_path / "straight"), restore(tmp_path / "killed"))
+    assert tree_equal(restore(tiny_run), restore(tmp_path / "killed"))
+
+
+# --- the inpaint app ---------------------------------------------------------------------
+
+from PIL import Image  # noqa: E402
+
+from jaxvision.apps import inpaint as app  # noqa: E402
+
+
+def _png(path, array, mode=None):
+    Image.fromarray(np.asarray(array, np.uint8), mode).save(path)
+    return str(path)
+
+
+def test_inpaint_app_fills_only_the_hole_at_any_size(tiny_run, tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 21), dtype=np.uint8)
+    mask = np.zeros((30, 21), np.uint8)
+    mask[5:12, 3:9] = 255
+    image, mask_path = _png(tmp_path / "in.png", pixels), _png(tmp_path / "mask.png", mask)
+    for mode in app.MODES:
+        out = tmp_path / f"out_{mode}.png"
+        assert app.main(["--run", str(tiny_run), "--image", image, "--mask", mask_path, "--out", str(out),
+                         "--mode", mode, "--no-progress"]) == 0
+        result = np.asarray(Image.open(out))
+        assert result.shape == (30, 21)
+        np.testing.assert_array_equal(result[mask == 0], pixels[mask == 0])  # known pixels untouched
+        assert not np.array_equal(result[mask > 0], np.full((mask > 0).sum(), 128))  # the hole was filled
+
+
+def test_inpaint_app_refuses_bad_input(tiny_run, tmp_path, capsys):
+    gray = _png(tmp_path / "g.png", np.full((16, 16), 100))
+    rgb = _png(tmp_path / "c.png", np.random.default_rng(1).integers(0, 256, (16, 16, 3)))
+    good = np.zeros((16, 16), np.uint8)
+    good[4:8, 4:8] = 255
+    cases = {
+        "same size": (gray, _png(tmp_path / "m1.png", good[:12])),
+        "all black": (gray, _png(tmp_path / "m2.png", np.zeros((16, 16)))),
+        "all white": (gray, _png(tmp_path / "m3.png", np.full((16, 16), 255))),
+        "trained on grayscale": (rgb, _png(tmp_path / "m4.png", good)),
+    }
+    for message, (image, mask) in cases.items():
+        code = app.main(["--run", str(tiny_run), "--image", image, "--mask", mask, "--out", str(tmp_path / "o.png")])
+        assert code == 2 and message in capsys.readouterr().err
+    assert app.main(["--run", str(tiny_run), "--image", rgb, "--mask", str(tmp_path / "m4.png"), "--convert",
+                     "--out", str(tmp_path / "o.png"), "--no-progress"]) == 0
+    assert app.main(["--run", str(tmp_path), "--image", gray, "--mask", str(tmp_path / "m4.png"),
+                     "--out", str(tmp_path / "o.png")]) == 2
+    assert "No pix2pix run" in capsys.readouterr().err
