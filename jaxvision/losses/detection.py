@@ -23,6 +23,7 @@ import optax
 __all__ = [
     "box_area", "cxcywh_to_xyxy", "detr_cost_matrix", "generalized_box_iou", "hungarian_match",
     "linear_sum_assignment", "pairwise_box_iou", "set_loss", "xyxy_to_cxcywh", "yxyx_to_cxcywh",
+    "cell_centers", "center_detections", "center_loss", "center_targets", "decode_ltrb",
 ]
 
 
@@ -201,3 +202,77 @@ def set_loss(logits, boxes, labels, target_boxes, valid, *, eos_coef=0.1, class_
                                     eos_coef=eos_coef, weights=weights)
         total = total + loss
     return total, metrics
+
+
+# --- the dense alternative: CenterNet-style centre heatmaps on a cell grid ---------------
+
+def cell_centers(gh: int, gw: int):
+    """[gh, gw, 2] normalised (x, y) of each cell's centre."""
+    ys = (jnp.arange(gh) + 0.5) / gh
+    xs = (jnp.arange(gw) + 0.5) / gw
+    return jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), -1)
+
+
+def center_targets(target_boxes, labels, valid, gh: int, gw: int, num_classes: int, min_sigma: float = 0.5):
+    """CenterNet's targets on a gh x gw grid: heatmap [B, gh, gw, C] (a Gaussian around each
+    object's centre cell, sigma = its size / 6 in cells (at least `min_sigma`), exactly 1 at
+    the cell holding the centre; the maximum where objects of a class overlap) and each
+    object's centre cell [B, K] (flat index). target_boxes [B, K, 4] cxcywh."""
+    cx, cy, w, h = jnp.moveaxis(target_boxes, -1, 0)
+    col = jnp.clip(jnp.floor(cx * gw), 0, gw - 1).astype(jnp.int32)
+    row = jnp.clip(jnp.floor(cy * gh), 0, gh - 1).astype(jnp.int32)
+    sig_x = jnp.maximum(w * gw / 6, min_sigma)[..., None, None]
+    sig_y = jnp.maximum(h * gh / 6, min_sigma)[..., None, None]
+    yy, xx = jnp.arange(gh)[:, None], jnp.arange(gw)[None, :]
+    g = jnp.exp(-((xx - col[..., None, None]) ** 2 / (2 * sig_x ** 2) + (yy - row[..., None, None]) ** 2
+                  / (2 * sig_y ** 2)))  # [B, K, gh, gw]; exactly 1 at the centre cell
+    g = g * valid[..., None, None]
+    onehot = jax.nn.one_hot(labels, num_classes) * valid[..., None]  # [B, K, C]
+    heat = jnp.max(g[..., None] * onehot[:, :, None, None, :], axis=1)
+    return heat, row * gw + col
+
+
+def center_loss(heatmap_logits, ltrb, labels, target_boxes, valid, *, l1_weight=5.0, giou_weight=2.0,
+                alpha=2.0, beta=4.0):
+    """CenterNet's penalty-reduced focal loss on the heatmap (normalised by the number of
+    objects) plus, at each object's centre cell, L1 and GIoU losses of the box the cell
+    predicts (its centre minus / plus the predicted side distances). Returns (loss, metrics).
+    heatmap_logits [B, gh, gw, C], ltrb [B, gh, gw, 4]; targets as in `set_loss`."""
+    b, gh, gw, c = heatmap_logits.shape
+    heat, cell = center_targets(target_boxes, labels, valid, gh, gw, c)
+    logp = jax.nn.log_sigmoid(heatmap_logits)
+    log1mp = jax.nn.log_sigmoid(-heatmap_logits)
+    p = jnp.exp(logp)
+    pos = heat >= 1.0 - 1e-6
+    focal = jnp.where(pos, (1 - p) ** alpha * logp, (1 - heat) ** beta * p ** alpha * log1mp)
+    vf = valid.astype(jnp.float32)
+    n = jnp.maximum(vf.sum(), 1.0)
+    loss_heat = -jnp.sum(focal) / n
+    boxes = decode_ltrb(ltrb).reshape(b, gh * gw, 4)
+    pred = jnp.take_along_axis(boxes, cell[..., None], axis=1)  # [B, K, 4] xyxy
+    tgt = cxcywh_to_xyxy(target_boxes)
+    loss_l1 = jnp.sum(jnp.abs(xyxy_to_cxcywh(pred) - target_boxes).sum(-1) * vf) / n
+    giou = jax.vmap(jax.vmap(lambda p_, t_: generalized_box_iou(p_[None], t_[None])[0, 0]))(pred, tgt)
+    loss_giou = jnp.sum((1 - giou) * vf) / n
+    total = loss_heat + l1_weight * loss_l1 + giou_weight * loss_giou
+    return total, {"loss_heatmap": loss_heat, "loss_l1": loss_l1, "loss_giou": loss_giou}
+
+
+def decode_ltrb(ltrb):
+    """[B, gh, gw, 4] side distances -> [B, gh, gw, 4] xyxy boxes around each cell's centre."""
+    gh, gw = ltrb.shape[1:3]
+    c = cell_centers(gh, gw)
+    return jnp.concatenate([c - ltrb[..., :2], c + ltrb[..., 2:]], axis=-1)
+
+
+def center_detections(heatmap_logits, ltrb, k: int = 20):
+    """CenterNet's inference: heatmap peaks (3x3 max-pool: a cell that is its
+    neighbourhood's maximum, per class), the `k` best over cells and classes per image.
+    -> (boxes [B, k, 4] xyxy, scores [B, k], labels [B, k])."""
+    b, gh, gw, c = heatmap_logits.shape
+    score = jax.nn.sigmoid(heatmap_logits)
+    peak = jax.lax.reduce_window(score, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME")
+    score = jnp.where(score >= peak, score, 0.0).reshape(b, -1)
+    top, index = jax.lax.top_k(score, k)
+    boxes = decode_ltrb(ltrb).reshape(b, gh * gw, 4)
+    return jnp.take_along_axis(boxes, (index // c)[..., None], axis=1), top, index % c

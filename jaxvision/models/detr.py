@@ -113,3 +113,41 @@ class DETR(nn.Module):
                 b = nn.relu(layer(b))
             boxes.append(nn.sigmoid(box_out(b).astype(jnp.float32)))
         return {"logits": jnp.stack(logits), "boxes": jnp.stack(boxes)}, inter
+
+
+class CenterDetector(nn.Module):
+    """The dense anchor-free alternative (CenterNet, Zhou et al. 2019, on ViT tokens as in
+    ViTDet's simple feature map): the encoded patch tokens as a grid, upsampled 2x by a
+    transposed conv, then two 3x3-conv heads: a class heatmap (sigmoid, one channel per
+    class; a peak marks an object's centre) and the box as distances from each cell's
+    centre to the four sides (normalised to the image, softplus). Returns
+    ({"heatmap": [B, G, G', C] logits, "ltrb": [B, G, G', 4]}, backbone intermediates)."""
+
+    backbone: ViT
+    num_classes: int
+    head_dim: int = 64
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, *, train: bool = False):
+        if self.backbone.num_classes:
+            raise ValueError("the backbone must be a ViT with num_classes=0 (no classification head)")
+        _, inter = self.backbone(images, train=train)
+        tokens = inter["encoded"]
+        if self.backbone.pool == "cls":
+            tokens = tokens[:, 1:]
+        ph, pw = self.backbone.resolved_config()["patch_size"]
+        gh, gw = images.shape[1] // ph, images.shape[2] // pw
+        x = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
+        x = nn.ConvTranspose(self.head_dim, (2, 2), strides=(2, 2), dtype=self.dtype, name="upsample")(x)
+        x = nn.gelu(nn.LayerNorm(name="upsample_norm")(x))
+        outputs = {}
+        # Heatmap bias: sigmoid prior 0.1 (CenterNet's -2.19), so the focal loss starts calm.
+        for name, channels, bias in (("heatmap", self.num_classes, -2.19), ("ltrb", 4, 0.0)):
+            h = nn.relu(nn.Conv(self.head_dim, (3, 3), dtype=self.dtype, name=f"{name}_conv")(x))
+            h = nn.Conv(channels, (1, 1), dtype=self.dtype, bias_init=nn.initializers.constant(bias),
+                        name=f"{name}_out")(h)
+            outputs[name] = h.astype(jnp.float32)
+        # Distances in image units; softplus keeps them positive, /grid makes 1 = one cell.
+        outputs["ltrb"] = nn.softplus(outputs["ltrb"]) / jnp.array([x.shape[2], x.shape[1]] * 2, jnp.float32)
+        return outputs, inter

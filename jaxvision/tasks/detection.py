@@ -32,7 +32,7 @@ import optax
 from jaxvision import config as config_lib
 from jaxvision.losses import detection as det_loss
 from jaxvision.metrics.coco import coco_box_ap
-from jaxvision.models.detr import DETR
+from jaxvision.models.detr import DETR, CenterDetector
 from jaxvision.tasks import classification as cls
 from jaxvision.train import loop, parallel
 from jaxvision.train import state as state_lib
@@ -77,17 +77,30 @@ class DetectionConfig(loop.LoopConfig):
     # A classifier run folder (its config.json and newest checkpoint) whose ViT becomes the
     # backbone; None: from scratch. The backbone's architecture then comes from that run.
     init: str | None = None
+    # "detr": set prediction (queries, Hungarian matching); "center": the dense anchor-free
+    # alternative (CenterNet heatmaps on the upsampled token grid), `center_*` fields.
+    head: str = "detr"
+    center_head_dim: int = 64
+    center_detections: int = 20  # per image, the best heatmap peaks
     backbone_lr_multiplier: float = 1.0  # DETR trains its backbone at 0.1 x
     eval_every: int = 0
 
 
 def backbone_from_run(run_dir: str, backbone_cfg: cls.ModelConfig, image_size, *, log=print):
-    """(backbone config, loaded backbone params) from a classifier run: its model section
-    (patch dropout off: a detector needs every token), its newest parameters loaded into a
-    head-less ViT at `image_size` (position embeddings resampled, head dropped)."""
-    from jaxvision.pretrained import load_pretrained
+    """(backbone config, backbone params) from a jaxvision classifier run: its model section
+    (patch dropout off: a detector needs every token) and its newest parameters, for a
+    head-less ViT at `image_size`: position embeddings resampled to the new token grid
+    (bilinear, as `jaxvision.pretrained` does for checkpoints), the head dropped, every
+    other entry checked against the new model's shapes. `backbone_cfg` is unused: the
+    run decides the architecture.
+
+    (A jaxvision run has the model's own layout, so this does not go through
+    `load_pretrained`, which also reads foreign formats but assumes a conv patch embedding
+    and so fails on the main job's shifted-patch stem.)"""
+    from jaxvision.pretrained.resample import resample_pos_embedding
     from jaxvision.train.checkpoint import load_params
 
+    del backbone_cfg
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"init: {run_dir} is not a jaxvision run folder (no config.json); train the "
@@ -97,22 +110,42 @@ def backbone_from_run(run_dir: str, backbone_cfg: cls.ModelConfig, image_size, *
     vit = cls.build_model(cfg, num_classes=0)
     template = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_size), jnp.float32))["params"]
     source = jax.tree_util.tree_map(np.asarray, load_params(run_dir))
-    loaded, report = load_pretrained(source, template, head="reset", drop_representation=True,
-                                     image_size=image_size[:2], model=vit)
-    log(report.summary())
+    source = {k: v for k, v in source.items() if k not in ("head", "pre_logits")}
+    ph, pw = vit.resolved_config()["patch_size"]
+    grid = (image_size[0] // ph, image_size[1] // pw)
+    prefix = 1 if cfg.pool == "cls" else 0
+
+    def fit(path, want, have):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if name.endswith("pos_embedding") and have.shape != want.shape:
+            log(f"{name}: resampled {have.shape} -> {want.shape}")
+            return resample_pos_embedding(have, grid, num_prefix=prefix)
+        if have.shape != want.shape:
+            raise ValueError(f"init: {name} has shape {have.shape} in {run_dir} but the backbone needs "
+                             f"{want.shape}")
+        return have
+
+    if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(source):
+        raise ValueError(f"init: the parameters of {run_dir} do not fit its own model section (a different "
+                         "architecture or a non-ViT run)")
+    loaded = jax.tree_util.tree_map_with_path(fit, template, source)
+    log(f"backbone from {run_dir}: {len(jax.tree_util.tree_leaves(loaded))} arrays, head dropped")
     return cfg, loaded
 
 
-def postprocess(outputs):
-    """DETR's inference: the last decoder layer; per query the most likely real class and
-    its probability (softmax over classes + no-object) and the box as normalised
-    [xmin, ymin, xmax, ymax]. -> (boxes [B, Q, 4], scores [B, Q], labels [B, Q])."""
+def postprocess(outputs, k: int = 20):
+    """Detections of either head -> (boxes [B, D, 4] normalised [xmin, ymin, xmax, ymax],
+    scores [B, D], labels [B, D]). DETR: the last decoder layer; per query the most likely
+    real class and its probability (softmax over classes + no-object), D = queries. Centre
+    heatmaps: the `k` best peaks (`losses.detection.center_detections`), D = k."""
+    if "heatmap" in outputs:
+        return det_loss.center_detections(outputs["heatmap"], outputs["ltrb"], k)
     prob = jax.nn.softmax(outputs["logits"][-1], axis=-1)[..., :-1]
     return det_loss.cxcywh_to_xyxy(outputs["boxes"][-1]), prob.max(-1), prob.argmax(-1)
 
 
-def make_task(model: DETR, tx, *, image_shape, detr: DetrConfig, num_eval: int, init_params=None,
-              learning_rate=None, axis_name=None) -> loop.Task:
+def make_task(model, tx, *, image_shape, detr: DetrConfig, num_eval: int, init_params=None,
+              learning_rate=None, axis_name=None, detections: int = 20) -> loop.Task:
     """Pure init / train / eval for `model`. `num_eval`: images in the evaluation split
     (the size of the buffers eval_step writes into; batches carry their "index")."""
     loss_kw = dict(eos_coef=detr.eos_coef, class_weight=detr.class_weight, l1_weight=detr.l1_weight,
@@ -135,6 +168,9 @@ def make_task(model: DETR, tx, *, image_shape, detr: DetrConfig, num_eval: int, 
 
         def loss_fn(params):
             outputs, _ = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+            if "heatmap" in outputs:
+                return det_loss.center_loss(outputs["heatmap"], outputs["ltrb"], *targets(batch),
+                                            l1_weight=detr.l1_weight, giou_weight=detr.giou_weight)
             logits, boxes = outputs["logits"], outputs["boxes"]
             if not detr.aux_loss:
                 logits, boxes = logits[-1:], boxes[-1:]
@@ -152,7 +188,7 @@ def make_task(model: DETR, tx, *, image_shape, detr: DetrConfig, num_eval: int, 
 
     def eval_step(state, batch):
         outputs, _ = model.apply({"params": state.params}, batch["image"], train=False)
-        boxes, scores, labels = postprocess(outputs)
+        boxes, scores, labels = postprocess(outputs, detections)
         real = batch.get("mask", jnp.ones(batch["image"].shape[:1], bool))
         index = jnp.where(real, batch["index"], num_eval)  # padding: out of range, dropped
 
@@ -165,8 +201,7 @@ def make_task(model: DETR, tx, *, image_shape, detr: DetrConfig, num_eval: int, 
                 "gt_boxes": place(gt), "gt_labels": place(batch["labels"]), "gt_valid": place(batch["valid"]),
                 "seen": place(jnp.ones_like(scores[:, 0]))}
 
-    return loop.Task(init=init, train_step=train_step, eval_step=eval_step,
-                     progress_metrics=("loss", "loss_giou"))
+    return loop.Task(init=init, train_step=train_step, eval_step=eval_step, progress_metrics=("loss", "loss_giou"))
 
 
 def coco_finalize(num_classes: int, canvas):
@@ -214,9 +249,49 @@ def build(cfg: DetectionConfig, *, log=print):
         cfg = dataclasses.replace(cfg, backbone=backbone_cfg)
     vit = cls.build_model(backbone_cfg, num_classes=0)
     d = cfg.detr
-    model = DETR(backbone=vit, num_classes=source.num_classes, num_queries=d.num_queries,
+    if cfg.head == "center":
+        return cfg, CenterDetector(backbone=vit, num_classes=object_classes(source), head_dim=cfg.center_head_dim), \
+            image_shape, object_classes(source), loaded
+    if cfg.head != "detr":
+        raise config_lib.ConfigError(f"head must be 'detr' or 'center', got {cfg.head!r}")
+    model = DETR(backbone=vit, num_classes=object_classes(source), num_queries=d.num_queries,
                  decoder_layers=d.decoder_layers, hidden_dim=d.hidden_dim, num_heads=d.num_heads, mlp_dim=d.mlp_dim)
-    return cfg, model, image_shape, source.num_classes, loaded
+    return cfg, model, image_shape, object_classes(source), loaded
+
+
+def object_classes(source) -> int:
+    """Object classes of a dense source: fashion_scenes counts background in its dense map
+    (11) but labels its objects 0-9; voc / coco count object classes only."""
+    names = source.class_names
+    return len(names) - 1 if names and names[0] == "background" else source.num_classes
+
+
+def plot_predictions(cfg: DetectionConfig, workdir, n: int = 6, *, score_threshold: float = 0.5):
+    """image | ground truth | prediction (boxes with class names and scores) for the first
+    `n` scenes of the eval split, from the run's newest checkpoint -> workdir/plots/detections.png."""
+    import sys
+
+    from jaxvision import data
+    from jaxvision.train.checkpoint import load_params
+    from jaxvision.train.plots_dense import plot_detection
+
+    saved = json.loads(Path(workdir, "config.json").read_text())["backbone"]  # the backbone the run used
+    cfg = dataclasses.replace(cfg, init=None, backbone=config_lib.from_dict(cls.ModelConfig, saved))
+    cfg, model, _, _, _ = build(cfg, log=lambda m: None)
+    params = load_params(workdir)
+    batch = next(iter(data.dense_batches(cfg.data.dataset, f"{cfg.data.eval_split.split('[')[0]}[:{n}]",
+                                         train=False, global_batch_size=n, data_dir=cfg.data.data_dir,
+                                         image_size=cfg.data.image_size, max_objects=cfg.data.max_objects)))
+    outputs, _ = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, batch["image"])
+    boxes, scores, labels = (np.asarray(a) for a in postprocess(outputs, cfg.center_detections))
+    names = data.dense_source(cfg.data.dataset).class_names
+    names = names[1:] if names and names[0] == "background" else None
+    path = plot_detection(batch["image"], batch["boxes"], batch["labels"], batch["valid"],
+                          np.clip(boxes[..., [1, 0, 3, 2]], 0, 1), labels, scores,
+                          Path(workdir) / "plots" / "detections.png", class_names=names,
+                          score_threshold=score_threshold)
+    print(f"detections plotted: {path}", file=sys.stderr)
+    return path
 
 
 def run(cfg: DetectionConfig, workdir) -> dict:
@@ -243,7 +318,7 @@ def run(cfg: DetectionConfig, workdir) -> dict:
             del rng
             return {**params, "backbone": merge_params(params["backbone"], loaded)}
     task = make_task(model, tx, image_shape=image_shape, detr=cfg.detr, num_eval=num_eval, init_params=init_params,
-                     learning_rate=lr, axis_name=form.axis_name)
+                     learning_rate=lr, axis_name=form.axis_name, detections=cfg.center_detections)
     task = dataclasses.replace(task, finalize=coco_finalize(num_classes, canvas))
     common = dict(data_dir=cfg.data.data_dir, image_size=cfg.data.image_size, max_objects=cfg.data.max_objects,
                   global_batch_size=cfg.global_batch_size)
