@@ -180,3 +180,40 @@ def test_backbone_from_a_classifier_run(tmp_path):
     assert tree_equal(drop(source), drop(loaded))
     with pytest.raises(FileNotFoundError, match="not a jaxvision run"):
         det.backbone_from_run(str(tmp_path / "nowhere"), vit_cfg, (16, 16, 1))
+
+
+def test_center_targets_loss_and_peaks_against_numpy():
+    g, c = 4, 2
+    boxes = np.array([[[0.55, 0.30, 0.30, 0.60], [0, 0, 0, 0]]], np.float32)  # cxcywh
+    labels, valid = np.array([[1, 0]], np.int32), np.array([[True, False]])
+    heat, cell = jax.jit(D.center_targets, static_argnums=(3, 4, 5))(boxes, labels, valid, g, g, c)
+    row, col = 1, 2  # floor(0.30 * 4), floor(0.55 * 4)
+    yy, xx = np.mgrid[:g, :g]
+    sx, sy = max(0.30 * g / 6, 0.5), max(0.60 * g / 6, 0.5)
+    expected = np.exp(-((xx - col) ** 2 / (2 * sx ** 2) + (yy - row) ** 2 / (2 * sy ** 2)))
+    np.testing.assert_allclose(heat[0, ..., 1], expected, rtol=1e-5)
+    np.testing.assert_array_equal(heat[0, ..., 0], 0.0)
+    assert int(cell[0, 0]) == row * g + col
+
+    # A box regression exact at the centre cell: L1 and GIoU losses 0; the heatmap term is
+    # CenterNet's penalty-reduced focal loss, computed here in NumPy.
+    centre = np.array([(col + 0.5) / g, (row + 0.5) / g])
+    x0y0, x1y1 = boxes[0, 0, :2] - boxes[0, 0, 2:] / 2, boxes[0, 0, :2] + boxes[0, 0, 2:] / 2
+    ltrb = np.full((1, g, g, 4), 0.1, np.float32)
+    ltrb[0, row, col] = np.concatenate([centre - x0y0, x1y1 - centre])
+    logits = np.random.default_rng(3).normal(size=(1, g, g, c)).astype(np.float32)
+    loss, m = jax.jit(D.center_loss)(logits, ltrb, labels, boxes, valid)
+    p, y = 1 / (1 + np.exp(-logits)), np.asarray(heat)
+    focal = np.where(y == 1, (1 - p) ** 2 * np.log(p), (1 - y) ** 4 * p ** 2 * np.log(1 - p))
+    np.testing.assert_allclose(m["loss_heatmap"], -focal.sum(), rtol=1e-4)
+    np.testing.assert_allclose([m["loss_l1"], m["loss_giou"]], [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(loss, -focal.sum(), rtol=1e-4)
+
+    # Peaks: (1, 2) class 1 beats its neighbour (1, 1); (3, 0) class 0 is a second peak.
+    hm = np.full((1, g, g, c), -9.0, np.float32)
+    hm[0, 1, 2, 1], hm[0, 1, 1, 1], hm[0, 3, 0, 0] = 3.0, 2.0, 1.0
+    out_boxes, scores, classes = jax.jit(D.center_detections, static_argnums=2)(hm, ltrb, 3)
+    np.testing.assert_allclose(scores[0, :2], 1 / (1 + np.exp(-np.array([3.0, 1.0]))), rtol=1e-6)
+    np.testing.assert_array_equal(classes[0, :2], [1, 0])
+    np.testing.assert_allclose(out_boxes[0, 0], np.concatenate([x0y0, x1y1]), atol=1e-6)
+    assert float(scores[0, 2]) < 1e-3  # the neighbour (1, 1) is suppressed, not third
