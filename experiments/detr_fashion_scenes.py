@@ -53,13 +53,17 @@ def get_config(preset: str = "default") -> DetrDemoConfig:
     # scratch stage uses it as is; the pretrained stage reads it from the init run.
     backbone = cls.ModelConfig(variant="Ti/4", width=64, depth=4, mlp_dim=128, num_heads=4, pool="gap",
                                stem="spt", locality_attention=True)
+    # The dense centre-heatmap head, not DETR's set prediction: at this budget it clearly
+    # wins (600 steps from the same pretrained backbone, 500 test scenes: AP50 0.326 vs
+    # 0.041; see the README). DETR: --config.pretrained.head=detr --config.scratch.head=detr.
     base = det.DetectionConfig(
         backbone=backbone,
+        head="center",
         detr=det.DetrConfig(num_queries=10, decoder_layers=2, num_heads=4),
         data=det.DetectionDataConfig(dataset="fashion_scenes/canvas64", image_size=32, augment="flip"),
-        optim=cls.OptimConfig(name="adamw", learning_rate=1e-3, warmup_steps=100, weight_decay=1e-4,
+        optim=cls.OptimConfig(name="adamw", learning_rate=2e-3, warmup_steps=100, weight_decay=1e-4,
                               grad_clip_norm=0.1, schedule="cosine"),
-        global_batch_size=32, total_steps=2000, log_every=50, eval_every=0, checkpoint_every=500,
+        global_batch_size=32, total_steps=1200, log_every=50, eval_every=0, checkpoint_every=400,
         progress=False,
     )
     return DetrDemoConfig(pretrained=base, scratch=base)
