@@ -4,8 +4,8 @@
 
 Stages (each its own run folder under --workdir, resumable, run one after the other):
   pretrain  an MAE on all 60,000 Fashion-MNIST training images, labels never read: a small
-            ViT encoder (width 128, depth 4, 4x4 patches = 49 tokens, GAP), 75% of the
-            patches removed per image (the encoder sees 12), a 2-block 64-wide decoder,
+            ViT encoder (width 64, depth 4, 4x4 patches = 49 tokens, GAP), 75% of the
+            patches removed per image (the encoder sees 12), a 2-block 32-wide decoder,
             per-patch normalised pixel targets, MSE on the removed patches only; AdamW.
             Reconstruction grids (masked | reconstruction | original) in pretrain/plots/.
   export    the encoder as an official-layout .npz (<workdir>/mae_encoder.npz), with the
@@ -65,23 +65,25 @@ def get_config(preset: str = "default") -> MAEDemoConfig:
     del preset
     # The plain patch stem: shifted patch tokens would show the encoder pixels of removed
     # patches. Encoder width/depth sized so pretraining fits 30 minutes on the 2-core CPU.
-    model = cls.ModelConfig(variant="Ti/4", width=128, depth=4, mlp_dim=256, num_heads=4, pool="gap")
+    model = cls.ModelConfig(variant="Ti/4", width=64, depth=4, mlp_dim=128, num_heads=4, pool="gap")
     pretrain = mae.MAEConfig(
         model=model,
-        mae=mae.MAESettings(mask_ratio=0.75, decoder_width=64, decoder_depth=2, decoder_heads=4),
+        mae=mae.MAESettings(mask_ratio=0.75, decoder_width=32, decoder_depth=2, decoder_heads=2),
         data=cls.DataConfig(dataset="fashion_mnist", augment="flip"),
-        optim=cls.OptimConfig(name="adamw", learning_rate=1.5e-3, warmup_steps=300, weight_decay=0.05,
+        optim=cls.OptimConfig(name="adamw", learning_rate=1.5e-3, warmup_steps=150, weight_decay=0.05,
                               b1=0.9, b2=0.95, grad_clip_norm=1.0),
-        global_batch_size=256, total_steps=6000, log_every=100, eval_every=2000, checkpoint_every=1000,
-        progress=False,
+        # 3,000 steps of 256 = 768,000 images (12.8 epochs); 16 micro-batches of 16 is the
+        # CPU fast path (same gradient; pieces that stay in cache).
+        global_batch_size=256, micro_batches=16, total_steps=3000, log_every=100, eval_every=1000,
+        checkpoint_every=500, progress=False,
     )
     few_labels = cls.DataConfig(dataset="fashion_mnist", augment="flip", examples_per_class=LABELS_PER_CLASS)
-    recipe = cls.OptimConfig(name="adamw", learning_rate=1e-3, warmup_steps=50, weight_decay=0.05,
+    recipe = cls.OptimConfig(name="adamw", learning_rate=1e-3, warmup_steps=30, weight_decay=0.05,
                              grad_clip_norm=1.0, label_smoothing=0.1)
-    # 600 images, batch 100: 6 steps an epoch; 600 steps = 100 epochs.
+    # 600 images, batch 100: 6 steps an epoch; 300 steps = 50 epochs.
     tuned = finetune.FinetuneConfig(
-        model=model, data=few_labels, optim=recipe, global_batch_size=100, total_steps=600, log_every=50,
-        eval_every=0, checkpoint_every=600, progress=False,
+        model=model, data=few_labels, optim=recipe, global_batch_size=100, micro_batches=4, total_steps=300, log_every=50,
+        eval_every=0, checkpoint_every=300, progress=False,
         transfer=finetune.TransferConfig(head="reset", layer_decay=0.75, fewshot=FEWSHOT),
     )
     probe = dataclasses.replace(
@@ -90,8 +92,8 @@ def get_config(preset: str = "default") -> MAEDemoConfig:
         transfer=dataclasses.replace(tuned.transfer, freeze="linear_probe", layer_decay=1.0, fewshot=()),
     )
     scratch = cls.ClassificationConfig(
-        model=model, data=few_labels, optim=recipe, global_batch_size=100, total_steps=600, log_every=50,
-        eval_every=0, checkpoint_every=600, progress=False,
+        model=model, data=few_labels, optim=recipe, global_batch_size=100, micro_batches=4, total_steps=300, log_every=50,
+        eval_every=0, checkpoint_every=300, progress=False,
     )
     return MAEDemoConfig(pretrain=pretrain, finetune=tuned, probe=probe, scratch=scratch)
 

@@ -24,6 +24,7 @@ from jaxvision import config as config_lib
 from jaxvision.models.mae import MAE, MAEEncoder, check_mask_ratio, patchify, unpatchify
 from jaxvision.tasks import classification as cls
 from jaxvision.train import loop, parallel
+from jaxvision.train.grad import accumulated_value_and_grad
 from jaxvision.train import state as state_lib
 from jaxvision.train.plots import save_image_grid
 
@@ -54,6 +55,7 @@ class MAEConfig(loop.LoopConfig):
     data: cls.DataConfig = cls.DataConfig()
     optim: cls.OptimConfig = cls.OptimConfig(b2=0.95, weight_decay=0.05)
     eval_every: int = 0  # 0: evaluate (and draw reconstructions) at the end only
+    micro_batches: int = 1  # the batch's gradient in this many pieces (a CPU speed setting)
 
 
 def build_model(cfg: cls.ModelConfig, settings: MAESettings) -> MAE:
@@ -90,9 +92,13 @@ def masked_mse(pred, target, mask):
     return jnp.sum(per_patch * mask, axis=1) / jnp.sum(mask, axis=1)
 
 
-def make_task(model: MAE, tx, *, image_shape, learning_rate=None, norm_pix: bool = True,
+def make_task(model: MAE, tx, *, image_shape, learning_rate=None, norm_pix: bool = True, micro_batches: int = 1,
               axis_name: str | None = None, hooks=()) -> loop.Task:
-    """Pure init / train / eval functions of MAE pretraining (images only; labels unused)."""
+    """Pure init / train / eval functions of MAE pretraining (images only; labels unused).
+
+    `micro_batches`: the gradient of the whole batch computed in this many pieces (the
+    same mean; on a CPU a speed setting, see `train.grad`); each piece draws its own masks.
+    """
     patch_size = model.patch_size()
 
     def loss_of(params, images, key, train, noise=None):
@@ -110,7 +116,12 @@ def make_task(model: MAE, tx, *, image_shape, learning_rate=None, norm_pix: bool
         rng = state.step_rng()
         if axis_name is not None:  # distinct masks on each device's slice
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        loss, grads = jax.value_and_grad(lambda p: loss_of(p, batch["image"], rng, True).mean())(state.params)
+        def loss_fn(params, micro, index):
+            key = rng if micro_batches == 1 else jax.random.fold_in(rng, index)
+            return loss_of(params, micro["image"], key, True).mean(), {}
+
+        (loss, _), grads = accumulated_value_and_grad(loss_fn, state.params, {"image": batch["image"]},
+                                                      micro_batches, with_index=True)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -183,7 +194,7 @@ def run(cfg: MAEConfig, workdir) -> dict:
         hooks.append(reconstruction_hook(model, jnp.asarray(first["image"]), workdir, seed=cfg.seed,
                                          norm_pix=cfg.mae.norm_pix_loss, primary=jax.process_index() == 0))
     task = make_task(model, tx, image_shape=image_shape, learning_rate=lr, norm_pix=cfg.mae.norm_pix_loss,
-                     axis_name=form.axis_name, hooks=hooks)
+                     micro_batches=cfg.micro_batches, axis_name=form.axis_name, hooks=hooks)
 
     def train_data(start_step):
         return data.train_iterator(cfg.data.dataset, cfg.data.train_split, global_batch_size=cfg.global_batch_size,
