@@ -37,9 +37,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jaxvision import cli  # noqa: E402
+from jaxvision.data.unpaired import FASHION_MNIST_PAIRS as PAIRS  # noqa: E402
 from jaxvision.tasks import cyclegan  # noqa: E402
 
-PAIRS = {"sneaker2boot": ("sneaker", "ankle boot"), "tshirt2shirt": ("t-shirt/top", "shirt")}
 PRESETS = tuple(PAIRS)
 CLASSIFIER = "runs/vit_fashion_mnist"
 

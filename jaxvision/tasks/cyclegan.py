@@ -22,6 +22,9 @@ while the pool is not full, store it and show it; once full, with probability 0.
 stored image (uniform index) and put the new one in its place, else show the new one. The
 pools live in ``state.extra["pool"]`` (images and fill count per domain), drawn with the
 step's keys, so a resumed run continues with the same pool, bit for bit.
+
+Step order is the shared step's: D on the current G's fakes, then G; the CycleGAN code
+updates G first, then D on the fakes made before that update (one step apart; same losses).
 """
 
 from __future__ import annotations
@@ -287,6 +290,9 @@ class Evaluator:
     def __init__(self, cfg: CycleGANConfig, generator, workdir):
         from jaxvision.data import unpaired
 
+        if cfg.eval.fid_images > cfg.eval.num_images:
+            raise config_lib.ConfigError(f"eval.fid_images ({cfg.eval.fid_images}) must be <= eval.num_images "
+                                         f"({cfg.eval.num_images}): FID uses the translations of those images")
         self.cfg, self.workdir = cfg, Path(workdir)
         self.domains = {A2B: (cfg.data.test_a, cfg.data.test_b, cfg.data.domain_b),
                         B2A: (cfg.data.test_b, cfg.data.test_a, cfg.data.domain_a)}
