@@ -294,6 +294,7 @@ def images_seen(phases: Sequence[Phase], step: int) -> int:
 
 def _growth_fields(cfg: ProGANConfig) -> dict:
     d = config_lib.to_dict(cfg)
+    d["schedule"].pop("max_epochs_per_phase")  # a data check, not the schedule
     return {"schedule": d["schedule"], "model.resolution": cfg.model.resolution, "model.fade_in": cfg.model.fade_in,
             "global_batch_size": cfg.global_batch_size}
 
