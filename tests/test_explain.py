@@ -104,8 +104,7 @@ def test_explainer_on_a_vit(pool):
     fused = attentions.mean(axis=2)
     layers = fused[:, :, 0, 1:] if prefix else fused.mean(axis=2)
     np.testing.assert_allclose(out["layers"], layers.reshape(2, 2, 8, 12), atol=1e-6, rtol=0)
-    if pool == "cls":  # evaluation-mode logits; and a model whose default is the fused kernel
-        np.testing.assert_allclose(out["logits"], jax.jit(model.apply)({"params": params}, images)[0], atol=1e-5)
+    if pool == "cls":  # a model whose default attention is the fused kernel
         fused_default = tiny(pool, attention_implementation="cudnn")
         again = explain.make_explainer(fused_default, head_fusion="mean", discard_ratio=0.5)({"params": params}, images)
         np.testing.assert_allclose(again["rollout"], out["rollout"], atol=1e-6, rtol=0)

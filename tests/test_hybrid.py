@@ -1,6 +1,7 @@
 """Hybrid ResNet + ViT (R50+B/16): variants, shapes, parameter counts against the
 reference models, the stride error, parity with timm (golden fixture always, live where
-PyTorch and timm are installed) and the official .npz layout round trip."""
+PyTorch and timm are installed; the official implementation's logits through the same
+fixture) and the official .npz layout round trip."""
 
 import os
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxvision.models import ViT, parse_variant
-from jaxvision.models.resnet import ResidualUnit
+from jaxvision.models.resnet import ResidualUnit, standardize
 from jaxvision.models.vit import VARIANTS
 from jaxvision.pretrained import (PretrainedLoadError, from_timm, infer_vit_config, load_pretrained, save_npz,
                                   to_timm)
@@ -65,6 +66,20 @@ def test_stride_error_names_the_fix():
         count(ViT(num_classes=10, **{**TINY, "resnet_width": 24}), 32)
 
 
+def test_weight_standardisation_conventions():
+    """Official: (w - mean) / (std + eps); timm (F.batch_norm over the filter): (w - mean)
+    / sqrt(var + eps); statistics per output filter over (kh, kw, in)."""
+    w = np.random.default_rng(0).normal(0.0, 0.01, (3, 3, 4, 5)).astype(np.float64)
+    mean, std = w.mean(axis=(0, 1, 2)), w.std(axis=(0, 1, 2))
+    np.testing.assert_allclose(standardize(jnp.asarray(w, jnp.float32), 1e-5, "official"),
+                               (w - mean) / (std + 1e-5), rtol=2e-5)
+    np.testing.assert_allclose(standardize(jnp.asarray(w, jnp.float32), 1e-8, "timm"),
+                               (w - mean) / np.sqrt(std**2 + 1e-8), rtol=2e-5)
+    # the two differ by about eps / std = 1e-3 here: outside float32 noise
+    assert np.abs(np.asarray(standardize(jnp.asarray(w), 1e-5, "official"))
+                  - np.asarray(standardize(jnp.asarray(w), 1e-5, "timm"))).max() > 1e-4
+
+
 @pytest.fixture(scope="module")
 def tiny_hybrid():
     """A tiny official-convention hybrid, random NumPy values for every parameter (no
@@ -95,7 +110,7 @@ def test_shapes_and_zero_initialised_units(tiny_hybrid):
 
 def test_golden_timm_parity(tmp_path):
     """timm's logits on the fixture's weights (tests/fixtures/hybrid_golden.npz) reproduced
-    after importing a .safetensors state dict, without PyTorch; the convention matters."""
+    after importing a .safetensors state dict, without PyTorch."""
     state, images, expected = golden.load()
     path = tmp_path / "hybrid.safetensors"
     write_safetensors(state, path)
@@ -106,9 +121,20 @@ def test_golden_timm_parity(tmp_path):
     assert report.hints == {"gelu_approximate": False, "std_conv_eps": 1e-8, "resnet_convention": "timm"}
     np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, images)[0], expected, atol=1e-5, rtol=0)
     official = ViT(**{**golden.jaxvision_model_kwargs(), "std_conv_eps": 1e-5, "resnet_convention": "official"})
-    assert np.abs(jax.jit(official.apply)({"params": params}, images)[0] - expected).max() > 1e-5
     with pytest.raises(ValueError, match="build the ViT with std_conv_eps=1e-08"):
         load_pretrained(path, tmpl, model=official)
+
+
+def test_golden_official_parity(tmp_path):
+    """The official vision_transformer hybrid's logits (its own code, fixture's rule
+    weights; its Linen names are the per-type numbered ones) reproduced from an .npz."""
+    flat, images, expected = golden.load_official()
+    np.savez(tmp_path / "R_official.npz", **flat)
+    model = ViT(**golden.jaxvision_official_kwargs())
+    tmpl = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *images.shape[1:])))["params"]
+    params, report = load_pretrained(tmp_path / "R_official.npz", tmpl, model=model)
+    assert report.ok and "block1/unit2/conv3/kernel" in flatten(params)
+    np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, images)[0], expected, atol=1e-5, rtol=0)
 
 
 def test_official_npz_round_trip_and_timm_export(tiny_hybrid, tmp_path):
