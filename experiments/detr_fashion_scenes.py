@@ -101,7 +101,8 @@ def main(argv=None):
 
 def _plot(cfg, workdir: Path, n: int) -> None:
     """image | ground truth | prediction (boxes, class names, scores) for the first `n` test scenes."""
-    det.plot_predictions(cfg, workdir, n)
+    if n > 0:
+        det.plot_predictions(cfg, workdir, n, score_threshold=0.3)
 
 
 def table(summary: dict) -> str:
