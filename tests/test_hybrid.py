@@ -148,6 +148,9 @@ def test_official_npz_round_trip_and_timm_export(tiny_hybrid, tmp_path):
     loaded, report = load_pretrained(tmp_path / "R_tiny.npz", tmpl, model=model)
     assert report.ok and report.hints == {"std_conv_eps": 1e-5, "resnet_convention": "official"}
     assert tree_difference(loaded, jax.device_get(params)) is None
+    bigger = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 3)))["params"]
+    resized, report = load_pretrained(tmp_path / "R_tiny.npz", bigger, image_size=48)  # stride 8: 4x4 -> 6x6
+    assert "resampled 4x4 -> 6x6" in report.adapted["Transformer/posembed_input/pos_embedding"]
     config = infer_vit_config(tmp_path / "R_tiny.npz")
     assert (config["resnet_stages"], config["resnet_width"], config["in_channels"], config["image_size"],
             config["patch_size"]) == ((1, 1), 32, 3, (32, 32), (1, 1))

@@ -516,6 +516,11 @@ def _fit_posemb(value, shape, tmpl, ckpt: Converted, report: LoadReport, *, grid
     n_new = shape[1] - model_prefix
     if image_size is not None and grid is None:
         ph, pw = tmpl["embedding/kernel"].shape[:2]
+        stages = resnet_stages_of(tmpl)
+        if stages is not None:  # a hybrid's patches are taken from the ResNet's feature map
+            from jaxvision.models.resnet import resnet_stride
+
+            ph, pw = ph * resnet_stride(stages), pw * resnet_stride(stages)
         h, w = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
         grid = (h // ph, w // pw)
     if grid is not None:
