@@ -152,7 +152,7 @@ def test_task_steps_eval_over_batches_and_transfer_from_a_classifier(tmp_path):
                      head_zero_init=False)
     source = classifier.init(jax.random.PRNGKey(5), jnp.zeros((1, 8, 8, 1)))["params"]
     init_params, report = seg.pretrained_encoder_init(source, (16, 16, 1), model, log=lambda m: None)
-    assert "head/kernel" in report.dropped
+    assert report["dropped"] == ["head"] and len(report["resampled"]) == 1
     tx = optim.make_optimizer("adamw", 1e-2)
     task = seg.make_task(model, tx, image_shape=(16, 16, 1), num_classes=K, init_params=init_params,
                          class_names=["bg", "a", "b", "c"])
@@ -176,13 +176,12 @@ def test_task_steps_eval_over_batches_and_transfer_from_a_classifier(tmp_path):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     assert losses[-1] < losses[0]
-    whole = task.eval_step(state, {**batch, "mask": np.ones(4, bool)})
-    halves = [task.eval_step(state, {"image": images[i:i + 2], "segmentation": labels[i:i + 2],
-                                     "mask": np.array([True, i == 0])}) for i in (0, 2)]
-    totals = jax.tree_util.tree_map(lambda a, b: a + b, *halves)
-    preds = np.argmax(np.asarray(seg._apply(model, state.params, images, False)), -1)
+    evaluate = jax.jit(task.eval_step)
+    halves = [evaluate(state, {"image": images[i:i + 2], "segmentation": labels[i:i + 2],
+                               "mask": np.array([True, i == 0])}) for i in (0, 2)]
+    totals = jax.tree_util.tree_map(lambda a, b: a + b, *halves)  # as the loop sums them
+    preds = np.argmax(np.asarray(jax.jit(lambda p, x: seg._apply(model, p, x, False))(state.params, images)), -1)
     np.testing.assert_array_equal(totals["confusion"], _np_confusion(labels, preds, K, [1, 1, 1, 0]))
-    np.testing.assert_array_equal(whole["confusion"], _np_confusion(labels, preds, K))
     assert task.finalize(totals)["miou"] == pytest.approx(segm.segmentation_metrics(totals["confusion"])["miou"])
 
     path = plot_segmentation(images[:2], labels[:2], preds[:2], tmp_path / "plots" / "p.png", num_classes=K)

@@ -7,8 +7,8 @@ accuracy and per-class IoU (`jaxvision.metrics.segmentation`).
 
 Initialisation: from scratch, or the Segmenter's encoder from a classifier run (`init`: a
 jaxvision run folder such as the main job's `runs/vit_fashion_mnist`) through the transfer
-path (`jaxvision.pretrained.load_pretrained`: position embeddings resampled to the new
-grid, the classification head dropped); the decoder starts fresh. The encoder must then
+path (`pretrained_encoder_init`: position embeddings resampled to the new grid by
+`jaxvision.pretrained.resample`, the classification head dropped); the decoder starts fresh. The encoder must then
 have the checkpoint's architecture (`encoder_from_run` reads it from the run's config).
 
 Data: any dataset `jaxvision.data.dense_batches` maps (the synthetic `fashion_scenes`;
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxvision import config as config_lib
@@ -52,6 +53,10 @@ class SegModelConfig:
     unet_width: int = 16  # U-Net baseline: first level's channels
     unet_depth: int | None = 4  # levels (None: down to 1 px)
     unet_norm: str = "instance"  # no batch statistics: the state stays params-only
+    # The model sees images resized (bilinear, antialiased) to input_size x input_size; its
+    # logits are resized back to the labels' size, so loss and metrics stay at full
+    # resolution. None: the images' own size.
+    input_size: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,20 +100,30 @@ def pixel_cross_entropy(logits, labels, ignore_index: int = IGNORE_INDEX):
     return jnp.sum(losses * valid), jnp.sum(valid)
 
 
-def _apply(model, params, images, train, rng=None):
+def _apply(model, params, images, train, rng=None, input_size=None):
+    """Per-pixel logits at the images' size (the model runs at input_size when given)."""
+    b, h, w, c = images.shape
+    if input_size is not None and (h, w) != (input_size, input_size):
+        images = jax.image.resize(images, (b, input_size, input_size, c), method="bilinear")
     if isinstance(model, UNet):
-        return model.apply({"params": params}, images, train=train)
-    rngs = {"dropout": rng} if rng is not None else {}
-    return model.apply({"params": params}, images, train=train, rngs=rngs)
+        logits = model.apply({"params": params}, images, train=train)
+    else:
+        rngs = {"dropout": rng} if rng is not None else {}
+        logits = model.apply({"params": params}, images, train=train, rngs=rngs)
+    if logits.shape[1:3] != (h, w):
+        logits = jax.image.resize(logits, (b, h, w, logits.shape[-1]), method="bilinear")
+    return logits
 
 
 def make_task(model, tx, *, image_shape, num_classes: int, learning_rate=None, init_params=None,
-              axis_name: str | None = None, class_names=None, hooks=()) -> loop.Task:
-    """Pure init / train / eval functions for a model mapping images to per-pixel logits."""
+              axis_name: str | None = None, class_names=None, hooks=(), input_size: int | None = None) -> loop.Task:
+    """Pure init / train / eval functions for a model mapping images to per-pixel logits
+    (run at input_size x input_size when given; logits resized to the labels' size)."""
+    model_shape = (input_size, input_size, image_shape[2]) if input_size else tuple(image_shape)
 
     def init(rng):
         params_rng, state_rng = jax.random.split(rng)
-        params = model.init(params_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)["params"]
+        params = model.init(params_rng, jnp.zeros((1, *model_shape), jnp.float32), train=False)["params"]
         if init_params is not None:
             params = init_params(params)
         return state_lib.create(params, tx, state_rng)
@@ -119,7 +134,7 @@ def make_task(model, tx, *, image_shape, num_classes: int, learning_rate=None, i
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
         def loss_fn(params):
-            logits = _apply(model, params, batch["image"], True, rng)
+            logits = _apply(model, params, batch["image"], True, rng, input_size)
             total, count = pixel_cross_entropy(logits, batch["segmentation"])
             correct = jnp.sum((jnp.argmax(logits, -1) == batch["segmentation"]) * (batch["segmentation"] != IGNORE_INDEX))
             return total / jnp.maximum(count, 1), correct / jnp.maximum(count, 1)
@@ -135,7 +150,7 @@ def make_task(model, tx, *, image_shape, num_classes: int, learning_rate=None, i
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def eval_step(state, batch):
-        logits = _apply(model, state.params, batch["image"], False)
+        logits = _apply(model, state.params, batch["image"], False, input_size=input_size)
         labels = batch["segmentation"]
         weights = batch.get("mask", jnp.ones(labels.shape[:1], bool))
         labels = jnp.where(weights.reshape(-1, 1, 1), labels, IGNORE_INDEX)  # padding examples count for nothing
@@ -163,17 +178,42 @@ def encoder_from_run(workdir) -> tuple[cls.ModelConfig, dict]:
 
 
 def pretrained_encoder_init(source_params, image_shape, model, *, log=print):
-    """init_params(params) putting `source_params` (a ViT classifier's) into the Segmenter's
-    encoder: position embeddings resampled to this image size, the head dropped."""
-    from jaxvision.pretrained import load_pretrained, merge_params
+    """(init_params, report): init_params(params) puts `source_params` (a jaxvision ViT
+    classifier's, same architecture) into the Segmenter's encoder: position embeddings
+    resampled bilinearly to this image size's grid (`pretrained.resample`), the head and
+    representation layer dropped, every other entry shape-checked.
 
-    template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))["params"]
-    loaded, report = load_pretrained(source_params, template["encoder"], head="reset",
-                                     image_size=image_shape[:2], model=model.encoder)
-    log(report.summary())
+    (A jaxvision run has the model's own layout, so this does not need
+    `pretrained.load_pretrained`, which reads foreign formats but assumes a conv patch
+    embedding and fails on the main job's shifted-patch stem.)"""
+    from jaxvision.pretrained.resample import resample_pos_embedding
+
+    template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))["params"]["encoder"]
+    source = {k: v for k, v in source_params.items() if k not in ("head", "pre_logits")}
+    report = {"dropped": sorted(set(source_params) - set(source)), "resampled": [], "loaded": []}
+    if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(source):
+        raise ValueError("the classifier's parameters do not fit the Segmenter's encoder: build the encoder with the "
+                         "classifier run's model section (encoder_from_run)")
+    ph, pw = model.encoder.resolved_config()["patch_size"]
+    grid = (image_shape[0] // ph, image_shape[1] // pw)
+
+    def fit(path, want, have):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        have = np.asarray(have)
+        if name.endswith("pos_embedding") and have.shape != want.shape:
+            report["resampled"].append(f"{name}: {have.shape} -> {want.shape}")
+            have = resample_pos_embedding(have, grid, num_prefix=1 if model.encoder.pool == "cls" else 0)
+        if have.shape != want.shape:
+            raise ValueError(f"the classifier's {name} is {have.shape} but the encoder needs {want.shape}")
+        report["loaded"].append(name)
+        return have.astype(want.dtype)
+
+    loaded = jax.tree_util.tree_map_with_path(fit, template, source)
+    log(f"encoder from the classifier: {len(report['loaded'])} arrays, resampled {report['resampled']}, "
+        f"dropped {report['dropped']}")
 
     def init_params(params):
-        return {**params, "encoder": merge_params(params["encoder"], loaded)}
+        return {**params, "encoder": loaded}
 
     return init_params, report
 
@@ -201,12 +241,14 @@ def run(cfg: SegmentationConfig, workdir) -> dict:
         encoder_cfg, source_params = encoder_from_run(cfg.init)
         model_cfg = dataclasses.replace(cfg.model, encoder=encoder_cfg)
         cfg = dataclasses.replace(cfg, model=model_cfg)
-    model = build_model(model_cfg, num_classes, image_shape[0])
+    input_size = cfg.model.input_size
+    model_shape = (input_size, input_size, image_shape[2]) if input_size else image_shape
+    model = build_model(model_cfg, num_classes, model_shape[0])
     if cfg.init:
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-        init_params, report = pretrained_encoder_init(source_params, image_shape, model, log=log)
+        init_params, report = pretrained_encoder_init(source_params, model_shape, model, log=log)
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        (Path(workdir) / "pretrained_load.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        (Path(workdir) / "pretrained_load.json").write_text(json.dumps(report, indent=1) + "\n")
     tx, lr = cls.build_optimizer(cfg.optim, cfg.total_steps)
     form = parallel.make(cfg.parallel)
     names = [n.replace("/", "_").replace(" ", "_") for n in source.class_names] or None
@@ -234,14 +276,15 @@ def run(cfg: SegmentationConfig, workdir) -> dict:
 
         batch = next(iter(data.dense_batches(cfg.data.dataset, cfg.data.eval_split, train=False,
                                              global_batch_size=cfg.plot_examples, **common)))
-        logits = jax.jit(lambda p, x: _apply(model, p, x, False))(state.params, batch["image"])
+        logits = jax.jit(lambda p, x: _apply(model, p, x, False, input_size=input_size))(state.params, batch["image"])
         plot_segmentation(batch["image"], batch["segmentation"], jax.device_get(jnp.argmax(logits, -1)),
                           Path(workdir) / "plots" / "segmentation_predictions.png", num_classes=num_classes,
                           class_names=source.class_names)
         return None
 
     task = make_task(model, tx, image_shape=image_shape, num_classes=num_classes, learning_rate=lr,
-                     init_params=init_params, axis_name=form.axis_name, class_names=names, hooks=(plot_hook,))
+                     init_params=init_params, axis_name=form.axis_name, class_names=names, hooks=(plot_hook,),
+                     input_size=input_size)
     return loop.train(task, workdir=workdir, train_data=train_data, eval_data=eval_data,
                       eval_prefix=cfg.data.eval_split.split("[")[0], global_batch_size=cfg.global_batch_size,
                       eval_every=cfg.eval_every, parallel_form=form, config=config_lib.to_dict(cfg),
