@@ -145,3 +145,64 @@ def test_bad_dense_input_is_a_clear_error():
         scenes.to_dense(_batch(segmentation=np.zeros((2, 8, 9), np.uint8)), scenes.dense_source("fashion_scenes"))
     with pytest.raises(ValueError, match="no dense mapping"):
         scenes.dense_source("mnist")
+
+
+def _fake_builder(name, config, data_dir, examples):
+    """tfds's own builder of `name` (its real features), prepared in `data_dir` from
+    hand-written examples instead of a download."""
+    base = tfds_builder_cls(name)
+
+    class Fake(base, skip_registration=True):
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield from enumerate(examples)
+
+    Fake.name = name
+    builder = Fake(config=config, data_dir=data_dir) if config else Fake(data_dir=data_dir)
+    builder.download_and_prepare()
+    return builder
+
+
+def tfds_builder_cls(name):
+    import tensorflow_datasets as tfds
+
+    return tfds.builder_cls(name)
+
+
+def test_oxford_pet_and_coco_read_through_the_same_code(tmp_path):
+    from jaxvision import data
+
+    data_dir = str(tmp_path)
+    sizes = [(16, 16), (20, 24), (16, 16)]
+    pets = []
+    for k, (h, w) in enumerate(sizes):
+        mask = np.full((h, w, 1), 2, np.uint8)  # background
+        mask[4:12, 6 + k:14] = 1  # the pet
+        mask[4:12, 5 + k] = 3  # its border
+        pets.append({"file_name": f"{k}.jpg", "head_bbox": np.array([0.1, 0.1, 0.5, 0.5], np.float32),
+                     "image": np.full((h, w, 3), 10 * (k + 1), np.uint8), "label": k, "segmentation_mask": mask,
+                     "species": 0})
+    _fake_builder("oxford_iiit_pet", None, data_dir, pets)
+    (b,) = data.dense_batches("oxford_iiit_pet", "train", train=False, global_batch_size=3, data_dir=data_dir,
+                              image_size=16, value_range=(0.0, 255.0))
+    assert b["image"].shape == (3, 16, 16, 3) and b["segmentation"].shape == (3, 16, 16)
+    # Varying sizes: resized (short side 18) and centre-cropped to 16 with the image; the
+    # trimap values 1 / 2 / 3 arrive as pet 1, background 0, border IGNORE (exact mapping:
+    # test_dense_mapping_of_pet_voc_coco_features).
+    assert sorted(int(round(v)) for v in b["image"][:, 0, 0, 0]) == [10, 20, 30]
+    for i in range(3):
+        assert set(np.unique(b["segmentation"][i])) == {0, 1, scenes.IGNORE}
+
+    coco = [{"image": np.zeros((16, 16, 3), np.uint8), "image/filename": f"{k}.jpg", "image/id": k,
+             "objects": {"area": np.array([4, 9]), "bbox": np.array([[0, 0, 0.5, 0.25], [0.5, 0.5, 1, 1]], np.float32),
+                         "id": np.array([1, 2]), "is_crowd": np.array([False, k == 1]),
+                         "label": np.array([3, 79])}} for k in range(2)]
+    _fake_builder("coco", "2017", data_dir, coco)
+    (c,) = data.dense_batches("coco/2017", "train", train=False, global_batch_size=2, data_dir=data_dir,
+                              max_objects=3)
+    np.testing.assert_allclose(c["boxes"][:, :2], np.broadcast_to(coco[0]["objects"]["bbox"], (2, 2, 4)))
+    valid = sorted(map(tuple, c["valid"].tolist()))
+    assert valid == [(True, False, False), (True, True, False)]  # the crowd object is not a target
+    assert sorted(map(tuple, c["labels"].tolist())) == [(3, 0, 0), (3, 79, 0)]
