@@ -82,13 +82,14 @@ def test_weight_standardisation_conventions():
 
 @pytest.fixture(scope="module")
 def tiny_hybrid():
-    """A tiny official-convention hybrid, random NumPy values for every parameter (no
-    init: compiling the initialiser costs more than the whole test), a jitted forward."""
-    model = ViT(num_classes=3, **TINY)
-    tmpl = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    """The golden fixture's tiny official-convention hybrid (stages (2, 1), width 32), random
+    NumPy values for every parameter (no init: compiling the initialiser costs more than
+    the whole test), and one jitted forward shared by the tests."""
+    model = ViT(**golden.jaxvision_official_kwargs())
+    images = golden.images()
+    tmpl = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *images.shape[1:])))["params"]
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda s: (0.3 * rng.standard_normal(s.shape)).astype(np.float32), tmpl)
-    images = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     return model, params, images, apply
 
@@ -96,7 +97,7 @@ def tiny_hybrid():
 def test_shapes_and_zero_initialised_units(tiny_hybrid):
     model, params, images, apply = tiny_hybrid
     logits, inter = apply(params, images)
-    assert logits.shape == (2, 3) and np.all(np.isfinite(logits))
+    assert logits.shape == (2, 5) and np.all(np.isfinite(logits))
     assert inter["resnet_features"].shape == (2, 4, 4, 256)  # stride 8, 4 x 2 x width channels
     assert inter["patch_embeddings"].shape == (2, 16, 32)
     (_, tall), _ = jax.eval_shape(model.init_with_output, jax.random.PRNGKey(0), jnp.zeros((2, 64, 32, 3)))
@@ -125,16 +126,15 @@ def test_golden_timm_parity(tmp_path):
         load_pretrained(path, tmpl, model=official)
 
 
-def test_golden_official_parity(tmp_path):
+def test_golden_official_parity(tiny_hybrid, tmp_path):
     """The official vision_transformer hybrid's logits (its own code, fixture's rule
     weights; its Linen names are the per-type numbered ones) reproduced from an .npz."""
+    model, template, _, apply = tiny_hybrid  # its random parameters serve as the template
     flat, images, expected = golden.load_official()
     np.savez(tmp_path / "R_official.npz", **flat)
-    model = ViT(**golden.jaxvision_official_kwargs())
-    tmpl = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *images.shape[1:])))["params"]
-    params, report = load_pretrained(tmp_path / "R_official.npz", tmpl, model=model)
+    params, report = load_pretrained(tmp_path / "R_official.npz", template, model=model)
     assert report.ok and "block1/unit2/conv3/kernel" in flatten(params)
-    np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, images)[0], expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(apply(params, images)[0], expected, atol=1e-5, rtol=0)
 
 
 def test_official_npz_round_trip_and_timm_export(tiny_hybrid, tmp_path):
@@ -153,7 +153,7 @@ def test_official_npz_round_trip_and_timm_export(tiny_hybrid, tmp_path):
     assert "resampled 4x4 -> 6x6" in report.adapted["Transformer/posembed_input/pos_embedding"]
     config = infer_vit_config(tmp_path / "R_tiny.npz")
     assert (config["resnet_stages"], config["resnet_width"], config["in_channels"], config["image_size"],
-            config["patch_size"]) == ((1, 1), 32, 3, (32, 32), (1, 1))
+            config["patch_size"]) == ((2, 1), 32, 3, (32, 32), (1, 1))
     # timm names and back: exact.
     back = from_timm(to_timm(params), num_heads=2)
     assert back.hints["resnet_convention"] == "timm"
@@ -166,13 +166,13 @@ def test_official_npz_round_trip_and_timm_export(tiny_hybrid, tmp_path):
 def test_checkpoint_of_another_depth_is_refused(tiny_hybrid, tmp_path):
     model, params, _, _ = tiny_hybrid
     save_npz(params, tmp_path / "R_tiny.npz")
-    deeper = ViT(num_classes=3, **{**TINY, "resnet_stages": (1, 2)})
+    deeper = ViT(num_classes=5, **{**TINY, "resnet_stages": (1, 2)})
     tmpl = jax.eval_shape(deeper.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    with pytest.raises(PretrainedLoadError, match=r"stages \(1, 1\), the model .*stages \(1, 2\).*resnet_stages=\(1, 1\)"):
+    with pytest.raises(PretrainedLoadError, match=r"stages \(2, 1\), the model .*stages \(1, 2\).*resnet_stages=\(2, 1\)"):
         load_pretrained(tmp_path / "R_tiny.npz", tmpl)
     plain = ViT(num_classes=3, variant=None, width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8)
     tmpl = jax.eval_shape(plain.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    with pytest.raises(PretrainedLoadError, match="model no ResNet stem.*resnet_stages=\\(1, 1\\)"):
+    with pytest.raises(PretrainedLoadError, match="model no ResNet stem.*resnet_stages=\\(2, 1\\)"):
         load_pretrained(tmp_path / "R_tiny.npz", tmpl)
 
 

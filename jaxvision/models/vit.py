@@ -169,7 +169,6 @@ class ViT(nn.Module):
         unrolled form's (same distribution, other random draws).
       remat: rematerialise each encoder block (``nn.remat``): its activations are recomputed
         in the backward pass instead of stored. Same results, less memory, more compute.
-
       resnet_stages: units per stage of a hybrid's ResNet stem (`jaxvision.models.resnet`),
         overriding the variant's ("R50+B/16" gives (3, 4, 9)); None = the variant's (none
         for a plain ViT); ``()`` = no stem. Needs ``stem="patch"``; ``patch_size`` then
