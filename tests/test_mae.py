@@ -34,7 +34,23 @@ def images(batch=3, seed=0, size=SIZE):
 
 def _init(pool):
     model = tiny_mae(pool)
-    return model, model.init({"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(1)}, images())["params"]
+    # Jitted: one compilation instead of one per operation (the tests stay within their time budget).
+    init = jax.jit(lambda x: model.init({"params": jax.random.PRNGKey(0), "mask": jax.random.PRNGKey(1)}, x))
+    return model, init(images())["params"]
+
+
+def forward(model, params, x, *, key=None, noise=None):
+    """(pred, mask), jitted per model."""
+    return _forward(model)(params, x, key if key is not None else jax.random.PRNGKey(0), noise)
+
+
+_FORWARD = {}
+
+
+def _forward(model):
+    if model not in _FORWARD:
+        _FORWARD[model] = jax.jit(lambda p, x, k, n: model.apply({"params": p}, x, noise=n, rngs={"mask": k}))
+    return _FORWARD[model]
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +85,11 @@ def test_random_masking_keeps_the_smallest_noise_and_restores_the_order():
 def test_masks_are_drawn_per_example_and_per_key(model_and_params):
     model, params = model_and_params
     same = jnp.repeat(images(1), 4, axis=0)  # four identical images
-    _, mask = model.apply({"params": params}, same, rngs={"mask": jax.random.PRNGKey(3)})
+    _, mask = forward(model, params, same, key=jax.random.PRNGKey(3))
     mask = np.asarray(mask)
     assert mask.shape == (4, 16) and (mask.sum(1) == 16 - 4).all()
     assert len({tuple(m) for m in mask}) == 4
-    _, other = model.apply({"params": params}, same, rngs={"mask": jax.random.PRNGKey(4)})
+    _, other = forward(model, params, same, key=jax.random.PRNGKey(4))
     assert not np.array_equal(mask, np.asarray(other))
 
 
@@ -114,7 +130,7 @@ def test_encoder_is_a_vit_by_name_and_shape_and_loads_into_the_classifier(any_po
     model, params = any_pool
     pool = model.encoder.pool
     vit = ViT(num_classes=5, pool=pool, **ENC)
-    template = vit.init(jax.random.PRNGKey(9), images(1))["params"]
+    template = jax.eval_shape(vit.init, jax.random.PRNGKey(9), images(1))["params"]
     headless = {k: v for k, v in template.items() if k != "head"}
     shapes = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)  # noqa: E731
     assert tree_difference(shapes(params["encoder"]), shapes(headless)) is None
@@ -126,8 +142,8 @@ def test_encoder_is_a_vit_by_name_and_shape_and_loads_into_the_classifier(any_po
     # With every patch visible, the MAE encoder computes exactly the ViT's encoding.
     x = images(2)
     everything = jnp.tile(jnp.arange(16)[None], (2, 1))
-    encoded = model.apply({"params": params}, x, everything, method=lambda m, x, k: m.encoder(x, k))
-    _, inter = ViT(num_classes=0, pool=pool, **ENC).apply({"params": params["encoder"]}, x)
+    encoded = jax.jit(lambda p: model.apply({"params": p}, x, everything, method=lambda m, x, k: m.encoder(x, k)))(params)
+    _, inter = jax.jit(ViT(num_classes=0, pool=pool, **ENC).apply)({"params": params["encoder"]}, x)
     np.testing.assert_allclose(np.asarray(encoded), np.asarray(inter["encoded"]), rtol=1e-6, atol=1e-6)
 
 
@@ -135,15 +151,15 @@ def test_removed_patches_do_not_reach_the_encoder_or_the_prediction(model_and_pa
     model, params = model_and_params
     x = images(2)
     noise = jax.random.uniform(jax.random.PRNGKey(5), (2, 16))
-    pred, mask = model.apply({"params": params}, x, noise=noise)
+    pred, mask = forward(model, params, x, noise=noise)
     removed = unpatchify(jnp.broadcast_to(mask[:, :, None], (2, 16, 16)), (4, 4), (SIZE, SIZE, 1))
     changed = x + 5.0 * removed  # only the removed patches change
-    pred2, mask2 = model.apply({"params": params}, changed, noise=noise)
+    pred2, mask2 = forward(model, params, changed, noise=noise)
     np.testing.assert_array_equal(np.asarray(mask), np.asarray(mask2))
     np.testing.assert_array_equal(np.asarray(pred), np.asarray(pred2))
     assert pred.shape == (2, 16, 16) and pred.dtype == jnp.float32
     visible_change = x + 5.0 * (1.0 - removed)
-    assert not np.allclose(np.asarray(model.apply({"params": params}, visible_change, noise=noise)[0]),
+    assert not np.allclose(np.asarray(forward(model, params, visible_change, noise=noise)[0]),
                            np.asarray(pred))
 
 
@@ -188,7 +204,8 @@ def test_resume_on_the_loop_is_exact_and_grids_are_drawn(tmp_path):
 
     grid = np.asarray(Image.open(Path(tmp_path) / "plots" / "mae_reconstruction_0000004.png"))
     assert grid.shape == (2 + 2 * 10, 2 + 3 * 10)
-    masked, recon, mask = mae_task.reconstruct(model, load_params(straight), jnp.asarray(x), jax.random.PRNGKey(0))
+    masked, recon, mask = jax.jit(lambda p: mae_task.reconstruct(model, p, jnp.asarray(x), jax.random.PRNGKey(0)))(
+        load_params(straight))
     visible = 1.0 - np.asarray(unpatchify(jnp.broadcast_to(mask[:, :, None], (2, 4, 16)), (4, 4), IMAGE_SHAPE))
     np.testing.assert_array_equal(np.asarray(recon) * visible, x * visible)  # visible patches shown as they were
     np.testing.assert_array_equal(np.asarray(masked), x * visible)  # removed patches blanked
