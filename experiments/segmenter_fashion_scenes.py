@@ -10,7 +10,7 @@ Commands (after the README's set-up; the dataset is generated on first use, abou
     .venv/bin/python experiments/segmenter_fashion_scenes.py --workdir runs/seg_table --preset table \\
         --config.init=runs/vit_fashion_mnist
 
-The table gives each variant `SECONDS_PER_VARIANT` of training: before each run it times
+The table gives each variant `SECONDS_PER_VARIANT` (or $JAXVISION_TABLE_SECONDS) of training: before each run it times
 a few steps of that model (after compiling) and sets total_steps = seconds x steps/s, so
 models of different speed get the same wall time, not the same steps. On a shared CPU
 the speed drifts during a run; the table reports each run's measured training time.
@@ -108,7 +108,10 @@ def _steps_per_second(cfg: seg.SegmentationConfig, timed_steps: int = 8) -> tupl
     return timed_steps / (time.perf_counter() - t), sum(x.size for x in jax.tree_util.tree_leaves(state.params))
 
 
-def run_table(base: seg.SegmentationConfig, workdir: Path, seconds: float = SECONDS_PER_VARIANT) -> list[dict]:
+def run_table(base: seg.SegmentationConfig, workdir: Path, seconds: float | None = None) -> list[dict]:
+    """Train every variant for `seconds` each (default: $JAXVISION_TABLE_SECONDS, else
+    SECONDS_PER_VARIANT) and write table.md / table.json in `workdir`."""
+    seconds = seconds or float(os.environ.get("JAXVISION_TABLE_SECONDS", SECONDS_PER_VARIANT))
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, cfg in _variants(base).items():
@@ -129,7 +132,8 @@ def run_table(base: seg.SegmentationConfig, workdir: Path, seconds: float = SECO
             (workdir / name / "table_row.json").write_text(json.dumps(row, indent=1) + "\n")
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    lines = ["| variant | parameters | steps | wall s | img/s | test mIoU | pixel acc |", "|---|---|---|---|---|---|---|"]
+    lines = [f"{seconds:.0f} s of training per variant (calibrated steps)", "",
+             "| variant | parameters | steps | wall s | img/s | test mIoU | pixel acc |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['parameters']:,} | {r['steps']} | {r['train_seconds']:.0f} | "
                      f"{r['train_images_per_second'] or 0:.0f} | {r['test_miou']:.4f} | {r['test_pixel_accuracy']:.4f} |")

@@ -67,10 +67,11 @@ def test_mask_transformer_decoder_matches_numpy_without_blocks():
     # depth 0 leaves the part Segmenter adds to a transformer: projections, class
     # embeddings, L2-normalised patch-class products and the mask LayerNorm.
     dec = MaskTransformerDecoder(num_classes=3, width=8, depth=0, num_heads=2)
-    tokens = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 5))
-    params = dec.init(jax.random.PRNGKey(2), tokens)["params"]
-    params = jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params)
-    out = np.asarray(dec.apply({"params": params}, tokens))
+    tokens = np.random.default_rng(1).normal(size=(2, 6, 5)).astype(np.float32)
+    params = jax.jit(dec.init)(jax.random.PRNGKey(2), tokens)["params"]
+    noise = np.random.default_rng(3)  # move LayerNorm scales / biases off 1 / 0
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * noise.normal(size=p.shape).astype(np.float32), params)
+    out = np.asarray(jax.jit(dec.apply)({"params": params}, tokens))
     p = jax.tree_util.tree_map(np.asarray, params)
     x = np.asarray(tokens) @ p["proj_dec"]["kernel"] + p["proj_dec"]["bias"]
     x = np.concatenate([x, np.broadcast_to(p["cls_emb"], (2, 3, 8))], 1)
@@ -86,24 +87,24 @@ def _encoder(**kw):
     return ViT(num_classes=0, variant=None, width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=4, **kw)
 
 
-@pytest.mark.parametrize("decoder", ["linear", "mask_transformer"])
-def test_segmenter_is_decoder_on_encoded_tokens_upsampled_bilinearly(decoder):
-    model = Segmenter(num_classes=K, encoder=_encoder(pool="cls"), decoder=decoder)
-    images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 12, 1))
-    variables = model.init(jax.random.PRNGKey(1), images)
-    logits = model.apply(variables, images)
-    assert logits.shape == (2, 8, 12, K) and logits.dtype == jnp.float32
-    _, inter = _encoder(pool="cls").apply({"params": variables["params"]["encoder"]}, images)
-    tokens = inter["encoded"][:, 1:]  # the CLS token is not a patch
-    if decoder == "linear":
-        head = variables["params"]["decoder"]["head"]
-        scores = tokens @ head["kernel"] + head["bias"]
-    else:
-        scores = MaskTransformerDecoder(K, width=16, num_heads=2, mlp_dim=32).apply(
-            {"params": variables["params"]["decoder"]}, tokens)
-    grid = np.asarray(scores).reshape(2, 2, 3, K)
-    # Bilinear with half-pixel centres: pixel i samples the patch grid at (i + 0.5) / 4 - 0.5.
-    np.testing.assert_allclose(np.asarray(logits), _upsample(_upsample(grid, 1, 4), 2, 4), atol=1e-5)
+def test_segmenter_is_decoder_on_encoded_tokens_upsampled_bilinearly():
+    images = np.random.default_rng(0).normal(size=(2, 8, 12, 1)).astype(np.float32)
+    for decoder in ("linear", "mask_transformer"):
+        model = Segmenter(num_classes=K, encoder=_encoder(pool="cls"), decoder=decoder)
+        variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
+        logits = jax.jit(model.apply)(variables, images)
+        assert logits.shape == (2, 8, 12, K) and logits.dtype == jnp.float32
+        _, inter = jax.jit(_encoder(pool="cls").apply)({"params": variables["params"]["encoder"]}, images)
+        tokens = inter["encoded"][:, 1:]  # the CLS token is not a patch
+        if decoder == "linear":
+            head = variables["params"]["decoder"]["head"]
+            scores = tokens @ head["kernel"] + head["bias"]
+        else:
+            scores = jax.jit(MaskTransformerDecoder(K, width=16, num_heads=2, mlp_dim=32).apply)(
+                {"params": variables["params"]["decoder"]}, tokens)
+        grid = np.asarray(scores).reshape(2, 2, 3, K)
+        # Bilinear with half-pixel centres: pixel i samples the patch grid at (i + 0.5) / 4 - 0.5.
+        np.testing.assert_allclose(np.asarray(logits), _upsample(_upsample(grid, 1, 4), 2, 4), atol=1e-5)
 
 
 def _upsample(x, axis, factor):
@@ -150,13 +151,13 @@ def test_task_steps_eval_over_batches_and_transfer_from_a_classifier(tmp_path):
     # resampled from its 2x2 grid to this 4x4 grid, its head dropped.
     classifier = ViT(num_classes=3, variant=None, width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=4, pool="gap",
                      head_zero_init=False)
-    source = classifier.init(jax.random.PRNGKey(5), jnp.zeros((1, 8, 8, 1)))["params"]
+    source = jax.jit(classifier.init)(jax.random.PRNGKey(5), jnp.zeros((1, 8, 8, 1)))["params"]
     init_params, report = seg.pretrained_encoder_init(source, (16, 16, 1), model, log=lambda m: None)
     assert report["dropped"] == ["head"] and len(report["resampled"]) == 1
     tx = optim.make_optimizer("adamw", 1e-2)
     task = seg.make_task(model, tx, image_shape=(16, 16, 1), num_classes=K, init_params=init_params,
                          class_names=["bg", "a", "b", "c"])
-    state = task.init(jax.random.PRNGKey(0))
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
     enc = state.params["encoder"]
     np.testing.assert_array_equal(enc["embedding"]["kernel"], source["embedding"]["kernel"])
     np.testing.assert_array_equal(enc["Transformer"]["encoderblock_0"]["MlpBlock_3"]["Dense_0"]["kernel"],
