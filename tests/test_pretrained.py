@@ -359,3 +359,23 @@ def test_fixtures_are_reproducible_and_small(tmp_path):
             np.testing.assert_array_equal(stored[k], regenerated[k])
     for name in os.listdir(FIXTURES):
         assert os.path.getsize(os.path.join(FIXTURES, name)) < 200_000, name
+
+
+def test_shifted_patch_tokenization_checkpoints_load_and_resize(tmp_path):
+    """stem="spt" (the main job's) has a Dense patch embedding: it loads as is, its position
+    table is resampled to a new square grid, and a normalisation that cannot be folded
+    into it is refused with the reason."""
+    model = ViT(num_classes=3, pool="gap", stem="spt", **TINY)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 1)))["params"]
+    save_npz(params, tmp_path / "spt.npz")
+    loaded, report = load_pretrained(tmp_path / "spt.npz", template(model, (16, 16, 1)), adapt_channels=True)
+    assert report.ok
+    assert_trees_equal(loaded, params)
+    bigger, report = load_pretrained(tmp_path / "spt.npz", template(model, (24, 24, 1)), image_size=24)
+    assert report.ok and bigger["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 36, 16)
+    grid4 = np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"]).reshape(4, 4, 16)
+    grid6 = np.asarray(bigger["Transformer"]["posembed_input"]["pos_embedding"]).reshape(6, 6, 16)
+    np.testing.assert_allclose(grid6[0, 0], grid4[0, 0], atol=1e-6)  # corners kept (align_corners)
+    np.testing.assert_allclose(grid6[-1, -1], grid4[-1, -1], atol=1e-6)
+    with pytest.raises(ValueError, match="Dense"):
+        load_pretrained(tmp_path / "spt.npz", template(model, (16, 16, 1)), input_normalization=([0.5], [0.5]))

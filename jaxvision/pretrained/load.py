@@ -365,7 +365,14 @@ def load_pretrained(
             report.dropped[key] = "representation layer dropped on request"
             params.pop(key)
 
-    if "embedding/kernel" in params and "embedding/kernel" in tmpl:
+    if input_normalization is not None and np.ndim(params.get("embedding/kernel")) == 2:
+        # stem="spt": a Dense over LayerNorm-ed shifted patches; pixels reach it only after the
+        # LayerNorm, so no input normalisation can be folded into it.
+        raise ValueError("input_normalization needs a convolutional patch embedding; this checkpoint's "
+                         "embedding is a Dense (stem='spt'): feed the model [-1, 1] images instead")
+    # Channels are adapted on convolutional patch embeddings only (4-D); a Dense one (stem="spt")
+    # of another shape is reported as mismatched below, like any other leaf.
+    if "embedding/kernel" in params and "embedding/kernel" in tmpl and np.ndim(params["embedding/kernel"]) == 4:
         kernel, bias = params["embedding/kernel"], params.get("embedding/bias")
         if input_normalization is not None:
             if bias is None:
@@ -514,6 +521,14 @@ def _fit_posemb(value, shape, tmpl, ckpt: Converted, report: LoadReport, *, grid
             return None
     n_old = value.shape[1] - ckpt_prefix
     n_new = shape[1] - model_prefix
+    if image_size is not None and grid is None and len(tmpl["embedding/kernel"].shape) != 4:
+        # A Dense patch embedding (stem="spt") does not show the patch size: square grids only.
+        side = int(round(np.sqrt(n_new)))
+        if side * side != n_new:
+            report.mismatched[POSEMB] = (f"the model's {n_new} patches are not a square grid and its Dense patch "
+                                         "embedding does not show the patch size: pass grid=(rows, cols)")
+            return None
+        grid = (side, side)
     if image_size is not None and grid is None:
         ph, pw = tmpl["embedding/kernel"].shape[:2]
         stages = resnet_stages_of(tmpl)
