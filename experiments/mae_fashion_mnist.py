@@ -88,7 +88,7 @@ def get_config(preset: str = "default") -> MAEDemoConfig:
     )
     probe = dataclasses.replace(
         tuned,
-        optim=dataclasses.replace(recipe, learning_rate=1e-2, weight_decay=0.0, label_smoothing=0.0),
+        optim=dataclasses.replace(recipe, learning_rate=3e-2, weight_decay=0.0, label_smoothing=0.0),
         transfer=dataclasses.replace(tuned.transfer, freeze="linear_probe", layer_decay=1.0, fewshot=()),
     )
     scratch = cls.ClassificationConfig(
