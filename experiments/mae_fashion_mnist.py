@@ -70,11 +70,11 @@ def get_config(preset: str = "default") -> MAEDemoConfig:
         model=model,
         mae=mae.MAESettings(mask_ratio=0.75, decoder_width=32, decoder_depth=2, decoder_heads=2),
         data=cls.DataConfig(dataset="fashion_mnist", augment="flip"),
-        optim=cls.OptimConfig(name="adamw", learning_rate=1.5e-3, warmup_steps=150, weight_decay=0.05,
+        optim=cls.OptimConfig(name="adamw", learning_rate=1.5e-3, warmup_steps=100, weight_decay=0.05,
                               b1=0.9, b2=0.95, grad_clip_norm=1.0),
-        # 3,000 steps of 256 = 768,000 images (12.8 epochs); 16 micro-batches of 16 is the
-        # CPU fast path (same gradient; pieces that stay in cache).
-        global_batch_size=256, micro_batches=16, total_steps=3000, log_every=100, eval_every=1000,
+        # 2,000 steps of 256 = 512,000 images (8.5 epochs), sized for the shared CPU; 16
+        # micro-batches of 16 is the CPU fast path (same gradient; pieces that stay in cache).
+        global_batch_size=256, micro_batches=16, total_steps=2000, log_every=100, eval_every=1000,
         checkpoint_every=500, progress=False,
     )
     few_labels = cls.DataConfig(dataset="fashion_mnist", augment="flip", examples_per_class=LABELS_PER_CLASS)
