@@ -192,3 +192,19 @@ def test_vit_finetune_end_to_end(tfds_data_dir, tmp_path, capsys):
 
     arch = infer_vit_config(_resolve_source(str(workdir)))
     assert arch["num_classes"] == 5 and arch["in_channels"] == 1 and arch["image_size"] == (32, 32)
+
+
+def test_every_stem_is_layer_zero():
+    """Layer-wise decay gives every stem the embedding's rate, not the head's: shifted patch
+    tokenization's norm, the conv stem and a hybrid's ResNet come before block 0."""
+    from jaxvision.models import ViT
+
+    for kw, size in ((dict(variant="Ti/4", stem="spt"), 16), (dict(variant="Ti/4", stem="conv"), 16),
+                     (dict(variant="R50+Ti/16", resnet_stages=(1, 1, 1), resnet_width=32), 32)):
+        model = ViT(num_classes=2, depth=1, width=32, num_heads=2, mlp_dim=32, **kw)
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)))["params"]
+        index, top = layer_indices(_names(shapes))
+        assert top == 2
+        before = {n for n, i in index.items() if i == 0}
+        assert before == {n for n in index if not n.startswith(("Transformer/encoder", "head/"))}, kw
+        assert {i for n, i in index.items() if n.startswith("head/")} == {2}

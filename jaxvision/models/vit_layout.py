@@ -27,7 +27,10 @@ __all__ = ["HEAD", "layer_index", "layer_indices", "stack_encoder_blocks", "unst
 HEAD = r"^head/"
 
 _BLOCK_NAME = re.compile(r"^Transformer/encoderblock_(\d+)/")
-_STEM_PREFIXES = ("embedding/", "cls", "Transformer/posembed_input/")
+# Everything before the first encoder block: the patch embedding and its stems (shifted patch
+# tokenization's norm, the conv stem, a hybrid's ResNet), the CLS token, position embeddings.
+_STEM_NAME = re.compile(r"^(embedding/|cls$|Transformer/posembed_input/|spt_norm/|stem_(conv|norm)_\d+/"
+                        r"|conv_root/|gn_root/|block\d+/)")
 
 
 def layer_index(name: str, depth: int) -> int:
@@ -37,7 +40,7 @@ def layer_index(name: str, depth: int) -> int:
     match = _BLOCK_NAME.match(name)
     if match:
         return int(match.group(1)) + 1
-    if name.startswith(_STEM_PREFIXES):
+    if _STEM_NAME.match(name):
         return 0
     return depth + 1
 
