@@ -44,6 +44,7 @@ def test_vit_experiment_writes_every_output(vit_run):
     assert sorted(p.name for p in (vit_run / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
     assert (vit_run / "plots" / "loss.png").stat().st_size > 0
     assert (vit_run / "plots" / "accuracy.png").stat().st_size > 0
+    assert (vit_run / "plots" / "attention_rollout.png").stat().st_size > 0
     config = json.loads((vit_run / "config.json").read_text())
     assert config["model"]["width"] == 16 and config["total_steps"] == 6
     assert json.loads((vit_run / "run.json").read_text())["backend"] == "cpu"

@@ -8,7 +8,8 @@ import numpy as np
 
 # Curves go to a file per family: every metric whose name contains the key.
 PLOT_FAMILIES = {"loss": "loss.png", "accuracy": "accuracy.png", "learning_rate": "learning_rate.png",
-                 "frechet": "frechet_distance.png", "d_real": "discriminator.png"}
+                 "frechet": "frechet_distance.png", "d_real": "discriminator.png", "miou": "miou.png",
+                 "AP": "average_precision.png"}
 
 
 def plot_metrics(records: list[dict], out_dir) -> list[Path]:
