@@ -22,7 +22,12 @@ below 128 px), a PatchGAN of width 32 with one stride-2 layer (16 px receptive f
 cycle 10, identity 0.5 x 10, pools of 50, Adam 2e-4 (b1 0.5), batch 8 (the paper's 1 is
 slow on a CPU; instance norm is per image, so the batch only averages gradients).
 
-Measured (2-core AMD EPYC VM, shared with other jobs; see README): filled in below.
+Measured (2-core AMD EPYC VM shared with ~6 other jobs, load 8-15; classifier: the main
+job's ViT recipe stopped at 3,000 steps, test accuracy 87.63%; sneaker2boot, seed 0):
+    300 steps (a <= 5 min tuning run, 3 min 12 s, 15-24 img/s; FID off):
+        sneaker -> boot: 95.9% of translations classified ankle boot (real boots: 95.2%),
+                         cycle L1 0.120;
+        boot -> sneaker: 40.0% classified sneaker (real sneakers: 93.1%), cycle L1 0.156.
 
 Override any field: --config.total_steps=500 --config.model.g_width=16
 """
