@@ -10,7 +10,8 @@ Commands (after the README's set-up; the dataset is generated on first use, abou
     .venv/bin/python experiments/segmenter_fashion_scenes.py --workdir runs/seg_table --preset table \\
         --config.init=runs/vit_fashion_mnist
 
-The table gives each variant `SECONDS_PER_VARIANT` (or $JAXVISION_TABLE_SECONDS) of training: before each run it times
+The table ($JAXVISION_TABLE_VARIANTS: a comma-separated subset of its rows) gives each
+variant `SECONDS_PER_VARIANT` (or $JAXVISION_TABLE_SECONDS) of training: before each run it times
 a few steps of that model (after compiling) and sets total_steps = seconds x steps/s, so
 models of different speed get the same wall time, not the same steps. On a shared CPU
 the speed drifts during a run; the table reports each run's measured training time.
@@ -81,7 +82,11 @@ def _variants(base: seg.SegmentationConfig) -> dict:
     if base.init:
         rows["segmenter_mask_pretrained"] = base
         rows["segmenter_linear_pretrained"] = dataclasses.replace(base, model=get_config("linear").model)
-    return rows
+    chosen = [v for v in os.environ.get("JAXVISION_TABLE_VARIANTS", "").split(",") if v]
+    unknown = sorted(set(chosen) - set(rows))
+    if unknown:
+        raise ValueError(f"JAXVISION_TABLE_VARIANTS names {unknown}; the variants are {sorted(rows)}")
+    return {k: v for k, v in rows.items() if k in chosen} if chosen else rows
 
 
 def _steps_per_second(cfg: seg.SegmentationConfig, timed_steps: int = 8) -> tuple[float, int]:
