@@ -41,7 +41,7 @@ def test_box_conversions_and_giou_against_numpy():
 
 
 def test_hungarian_matches_scipy():
-    for n, m in [(1, 1), (5, 5), (6, 13)]:
+    for n, m in [(5, 5), (6, 13)]:
         costs = np.random.default_rng(n * 100 + m).normal(size=(32, n, m)).astype(np.float32)
         cols = np.asarray(jax.jit(jax.vmap(D.linear_sum_assignment))(costs))
         for c, got in zip(costs, cols):
