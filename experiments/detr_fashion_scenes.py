@@ -24,7 +24,7 @@ main job's recipe stopped at 3,000 steps, 87.6% Fashion-MNIST test accuracy):
     center  main job's classifier  0.142  0.326  0.104   80
     center  scratch                0.140  0.319  0.104   65
     detr    main job's classifier  0.012  0.041  0.004  128
-    detr    scratch                0.008  0.033  0.002  ~120
+    detr    scratch                0.008  0.033  0.002  164
 Far below the issue's AP50 >= 0.85 at this budget; the pretrained backbone is ahead, but
 only just (see the README for what would close the gap).
 """
