@@ -2,6 +2,7 @@
 (against NumPy), the DETR head, and the task's evaluation buffers and pretrained init."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -164,13 +165,17 @@ def test_detr_step_and_eval_buffers_cover_the_split(tiny_task):
 
 def test_backbone_from_a_classifier_run(tmp_path):
     from jaxvision import config as config_lib
-    from helpers import synthetic_data, tiny_task as tiny_cls_task
+    from helpers import tiny_task as tiny_cls_task
     from jaxvision.train import load_params
 
-    vit_cfg = cls.ModelConfig(**TINY)
-    task = tiny_cls_task(total_steps=2)
-    loop.train(task, workdir=tmp_path, train_data=lambda s: synthetic_data(s), total_steps=1, global_batch_size=8,
-               config={"model": config_lib.to_dict(vit_cfg)}, progress=False, checkpoint_every=1)
+    from jaxvision.train.checkpoint import Checkpointer
+
+    vit_cfg = cls.ModelConfig(**TINY)  # = helpers.tiny_vit: a classifier run's folder, without training it
+    (tmp_path / "config.json").write_text(json.dumps({"model": config_lib.to_dict(vit_cfg)}))
+    state = tiny_cls_task(total_steps=2).init(jax.random.PRNGKey(0))
+    checkpointer = Checkpointer(tmp_path / "checkpoints", save_every=1)
+    checkpointer.save(1, state, {"step": 1}, force=True)
+    checkpointer.close()
     cfg, loaded = det.backbone_from_run(str(tmp_path), vit_cfg, (16, 16, 1), log=lambda m: None)
     assert cfg.patch_dropout == 0.0
     source = load_params(tmp_path)
