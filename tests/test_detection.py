@@ -223,3 +223,15 @@ def test_center_targets_loss_and_peaks_against_numpy():
     np.testing.assert_array_equal(classes[0, :2], [1, 0])
     np.testing.assert_allclose(out_boxes[0, 0], np.concatenate([x0y0, x1y1]), atol=1e-6)
     assert float(scores[0, 2]) < 1e-3  # the neighbour (1, 1) is suppressed, not third
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("labels", 7, "class id 7"), ("boxes", [0.5, 0.1, 0.2, 0.3], "ymin <= ymax"), ("boxes", [0, 0, 1.5, 1], "inside"),
+])
+def test_bad_batches_are_clear_errors(field, value, message):
+    batch = _batch(2, 0)
+    assert list(det._checked([batch], 3))  # a good batch passes unchanged
+    batch[field] = batch[field].astype(np.float32 if field == "boxes" else np.int32).copy()
+    batch[field][1, 0] = value
+    with pytest.raises(ValueError, match=message):
+        list(det._checked([batch], 3))

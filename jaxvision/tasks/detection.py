@@ -12,10 +12,16 @@ so the summed buffers are the whole test set's per-image arrays (every image is 
 exactly one batch; padding examples fall outside and are dropped). `finalize` hands them
 to COCOeval.
 
+Heads: "detr" (`models.detr.DETR`, set loss) or "center" (`models.detr.CenterDetector`,
+CenterNet-style heatmaps, `losses.detection.center_loss`), chosen by `DetectionConfig.head`.
+
 Initialisation: from scratch, or the backbone from a classifier run (`init`: a jaxvision
-run folder such as the main job's `runs/vit_fashion_mnist`) through the transfer path
-(`jaxvision.pretrained.load_pretrained`: position embeddings resampled to the new grid,
-the classification head dropped); the decoder and heads start fresh.
+run folder such as the main job's `runs/vit_fashion_mnist`): its architecture and newest
+weights, position embeddings resampled to the new token grid as `jaxvision.pretrained`
+does, the classification head dropped; the decoder and heads start fresh.
+
+Bad input: training and eval batches are checked on the host (class ids within the head,
+boxes inside [0, 1] with non-negative size) with errors that name the example.
 """
 
 from __future__ import annotations
@@ -224,6 +230,26 @@ def coco_finalize(num_classes: int, canvas):
     return finalize
 
 
+def _checked(batches, num_classes: int):
+    """Pass batches through, raising on object labels the head cannot predict or boxes
+    outside the image / of negative size (silently clamped indices would train garbage)."""
+    for batch in batches:
+        valid = np.asarray(batch["valid"], bool)
+        labels, boxes = np.asarray(batch["labels"]), np.asarray(batch["boxes"])
+        bad = valid & ((labels < 0) | (labels >= num_classes))
+        if bad.any():
+            i, k = np.argwhere(bad)[0]
+            raise ValueError(f"object {k} of example {i} has class id {int(labels[i, k])}, outside the head's "
+                             f"{num_classes} classes: check the dataset's labels or the head's class count")
+        bad = valid & (np.any(boxes < -1e-6, -1) | np.any(boxes > 1 + 1e-6, -1)
+                       | (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1]))
+        if bad.any():
+            i, k = np.argwhere(bad)[0]
+            raise ValueError(f"object {k} of example {i} has box {boxes[i, k].tolist()}: boxes must be normalised "
+                             "[ymin, xmin, ymax, xmax] inside [0, 1] with ymin <= ymax and xmin <= xmax")
+        yield batch
+
+
 def _with_index(batches):
     """Number the images of an in-order eval stream (one process: positions in the split)."""
     start = 0
@@ -324,11 +350,12 @@ def run(cfg: DetectionConfig, workdir) -> dict:
                   global_batch_size=cfg.global_batch_size)
 
     def train_data(start_step):
-        return data.dense_batches(cfg.data.dataset, cfg.data.train_split, train=True, seed=cfg.seed,
-                                  start_step=start_step, augment=cfg.data.augment, **common)
+        return _checked(data.dense_batches(cfg.data.dataset, cfg.data.train_split, train=True, seed=cfg.seed,
+                                           start_step=start_step, augment=cfg.data.augment, **common), num_classes)
 
     def eval_data():
-        return _with_index(data.dense_batches(cfg.data.dataset, cfg.data.eval_split, train=False, **common))
+        return _with_index(_checked(data.dense_batches(cfg.data.dataset, cfg.data.eval_split, train=False,
+                                                       **common), num_classes))
 
     return loop.train(task, workdir=workdir, train_data=train_data, eval_data=eval_data,
                       eval_prefix=cfg.data.eval_split.split("[")[0], global_batch_size=cfg.global_batch_size,
