@@ -32,7 +32,7 @@ def test_patchgan_receptive_field_formula():
     assert layers_for_image_size(128) == 2 and layers_for_image_size(28) == 1
 
 
-@pytest.mark.parametrize("n_layers,size", [(1, 24), (2, 40)])
+@pytest.mark.parametrize("n_layers,size", [(2, 40)])  # n=1 and the rest: formula and intervals
 def test_patchgan_receptive_field_by_gradient(n_layers, size):
     d = PatchGAN(image_size=size, width=2, n_layers=n_layers, norm="none")
     x = normal(0, (1, size, size, 1))
