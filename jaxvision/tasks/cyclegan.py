@@ -250,17 +250,32 @@ def run(cfg: CycleGANConfig, workdir) -> dict:
                       config=config_lib.to_dict(cfg), **cfg.loop_args())
 
 
+def load_config(workdir) -> CycleGANConfig:
+    config = Path(workdir) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"No CycleGAN run in {workdir} (no config.json): pass the --run folder of a "
+                                "CycleGAN training run.")
+    return config_lib.from_dict(CycleGANConfig, json.loads(config.read_text()))
+
+
+def evaluate_run(workdir, **eval_fields) -> dict:
+    """The end-of-run metrics of a run's newest checkpoint, without training; `eval_fields`
+    override its config's eval section (e.g. fid_images=50)."""
+    from jaxvision.train import load_params
+
+    cfg = load_config(workdir)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **eval_fields))
+    generator, _ = build_networks(cfg.model, cfg.model.image_size, cfg.data.channels)
+    return Evaluator(cfg, generator, workdir).final_metrics(load_params(workdir)[G])
+
+
 def load_translator(workdir, direction: str):
     """(jitted images -> translations, config) of a CycleGAN run's newest checkpoint."""
     from jaxvision.train import load_params
 
     if direction not in (A2B, B2A):
         raise ValueError(f"direction must be 'a2b' or 'b2a', got {direction!r}")
-    config = Path(workdir) / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"No CycleGAN run in {workdir} (no config.json): pass the --run folder of a "
-                                "CycleGAN training run.")
-    cfg = config_lib.from_dict(CycleGANConfig, json.loads(config.read_text()))
+    cfg = load_config(workdir)
     params = load_params(workdir)[G]
     generator, _ = build_networks(cfg.model, cfg.model.image_size, cfg.data.channels)
     fn = jax.jit(lambda x: translate(generator, params, x, direction))
