@@ -28,26 +28,10 @@ def _fail(message: str):
 
 
 def load_classifier(run, step: int | None = None):
-    """(model, params) of a classification run: its config.json's model section and its
-    newest (or `step`) checkpoint, through the task's own model builder."""
-    from jaxvision import config as config_lib
+    """(model, params) of a classification run (`jaxvision.tasks.classification.load_classifier`)."""
     from jaxvision.tasks import classification
-    from jaxvision.train import load_params
 
-    run = Path(run)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run} is not a run folder (no config.json): pass the --workdir of a "
-                                "classification run")
-    config = json.loads(config_path.read_text())
-    try:
-        model_cfg = config_lib.from_dict(classification.ModelConfig, config["model"])
-    except (KeyError, config_lib.ConfigError) as err:
-        raise ValueError(f"{run} is not a ViT classification run ({err}): pass the --workdir of one") from None
-    params = load_params(run, step)
-    if "head" not in params:
-        raise ValueError(f"{run}'s model has no classifier head: pass a classification run")
-    return classification.build_model(model_cfg, num_classes=params["head"]["kernel"].shape[-1]), params
+    return classification.load_classifier(run, step)
 
 
 def input_shape(model, params) -> tuple[int, int, int]:

@@ -196,26 +196,42 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
     )
 
 
-def classifier_fn_from_run(workdir):
-    """A jitted `images -> (logits, pre-logit features)` function of a trained classifier
-    run (its `config.json` and newest checkpoint), and its number of classes."""
+def load_classifier(run, step: int | None = None):
+    """(model, params) of a classification run: its config.json's model section and its
+    newest (or `step`) checkpoint, through this task's model builder."""
     import json
     from pathlib import Path
 
     from jaxvision.train import load_params
 
-    # Only the model section matters (fine-tune runs add sections of their own).
-    model_cfg = config_lib.from_dict(ModelConfig, json.loads((Path(workdir) / "config.json").read_text())["model"])
-    params = load_params(workdir)
-    num_classes = params["head"]["kernel"].shape[-1]
-    model = build_model(model_cfg, num_classes=num_classes)
+    run = Path(run)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.json): pass the --workdir of a "
+                                "classification run")
+    config = json.loads(config_path.read_text())
+    try:
+        # Only the model section matters (fine-tune runs add sections of their own).
+        model_cfg = config_lib.from_dict(ModelConfig, config["model"])
+    except (KeyError, config_lib.ConfigError) as err:
+        raise ValueError(f"{run} is not a ViT classification run ({err}): pass the --workdir of one") from None
+    params = load_params(run, step)
+    if "head" not in params:
+        raise ValueError(f"{run}'s model has no classifier head: pass a classification run")
+    return build_model(model_cfg, num_classes=params["head"]["kernel"].shape[-1]), params
+
+
+def classifier_fn_from_run(workdir):
+    """A jitted `images -> (logits, pre-logit features)` function of a trained classifier
+    run (see `load_classifier`), and its number of classes."""
+    model, params = load_classifier(workdir)
 
     @jax.jit
     def classify(images):
         logits, intermediates = model.apply({"params": params}, images, train=False)
         return logits, intermediates["pre_logits"]
 
-    return classify, num_classes
+    return classify, params["head"]["kernel"].shape[-1]
 
 
 def feature_fn_from_run(workdir):

@@ -284,18 +284,6 @@ def load_translator(workdir, direction: str):
 
 # --- evaluation --------------------------------------------------------------------------------
 
-def classifier_logits_from_run(workdir):
-    """A jitted `images -> logits` of a classification run (config.json + newest checkpoint)."""
-    from jaxvision.tasks import classification
-    from jaxvision.train import load_params
-
-    raw = json.loads((Path(workdir) / "config.json").read_text())
-    model_cfg = config_lib.from_dict(classification.ModelConfig, raw["model"])
-    params = load_params(workdir)
-    model = classification.build_model(model_cfg, num_classes=params["head"]["kernel"].shape[-1])
-    return jax.jit(lambda x: model.apply({"params": params}, x, train=False)[0])
-
-
 class Evaluator:
     """Sample grids (input | translated | reconstructed, both directions) at every
     evaluation; at the end, per direction over the test images: cycle L1, the share the
@@ -324,7 +312,10 @@ class Evaluator:
                 raise config_lib.ConfigError("eval.classifier_workdir: the class share needs class domains "
                                              "(tfds:NAME:SPLIT:CLASS) in the classifier's label space")
             self.target = ids
-            self.classify = classifier_logits_from_run(cfg.eval.classifier_workdir)
+            from jaxvision.tasks import classification
+
+            classify, _ = classification.classifier_fn_from_run(cfg.eval.classifier_workdir)
+            self.classify = lambda x: classify(x)[0]
 
     @staticmethod
     def _cycle(generator, params, x, direction):
