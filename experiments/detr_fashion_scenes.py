@@ -33,7 +33,6 @@ throughput above) has NOT been measured yet: the shared CPU lock was busy until 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -81,13 +80,7 @@ def get_config(preset: str = "default") -> DetrDemoConfig:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stages", default=",".join(STAGES))
-    known, rest = pre.parse_known_args(argv)
-    stages = [s for s in known.stages.split(",") if s]
-    if set(stages) - set(STAGES):
-        raise SystemExit(f"unknown stages {sorted(set(stages) - set(STAGES))}; choose from {STAGES}")
+    stages, rest = cli.parse_stages(argv, STAGES)
     config, args = cli.parse(rest, get_config, description=__doc__)
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ Measured (2-core CPU, shared): about 10 minutes for all four stages; see the REA
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -105,14 +104,7 @@ def get_config(preset: str = "default") -> TransferDemoConfig:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stages", default=",".join(STAGES))
-    known, rest = pre.parse_known_args(argv)
-    stages = [s for s in known.stages.split(",") if s]
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise SystemExit(f"unknown stages {unknown}; choose from {STAGES}")
+    stages, rest = cli.parse_stages(argv, STAGES)
     config, args = cli.parse(rest, get_config, tuple(SPLITS), description=__doc__)
     root = Path(args.workdir)
     summary_path = root / "summary.json"

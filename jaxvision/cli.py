@@ -60,3 +60,17 @@ def enable_gpu_determinism():
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_gpu_deterministic_ops" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+
+
+def parse_stages(argv, stages) -> tuple[list[str], list[str]]:
+    """`--stages a,b` of a multi-stage experiment (pretrain, fine-tune, ...): (the stages
+    asked for, in the given order, and the other arguments for `parse`). Default: all.
+    An unknown stage name stops the script with the list of known ones."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--stages", default=",".join(stages))
+    known, rest = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    chosen = [s for s in known.stages.split(",") if s]
+    unknown = sorted(set(chosen) - set(stages))
+    if unknown:
+        raise SystemExit(f"unknown stages {unknown}; choose from {tuple(stages)}")
+    return chosen, rest

@@ -27,3 +27,13 @@ def test_overrides_are_parsed_by_field_type():
 def test_bad_overrides_are_clear_errors(override, message):
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.apply_overrides(ClassificationConfig(), [override])
+
+
+def test_parse_stages():
+    from jaxvision import cli
+
+    assert cli.parse_stages(["--workdir", "w", "--stages", "b,a", "--config.x=1"], ("a", "b", "c")) == (
+        ["b", "a"], ["--workdir", "w", "--config.x=1"])
+    assert cli.parse_stages(["--workdir", "w"], ("a", "b"))[0] == ["a", "b"]
+    with pytest.raises(SystemExit, match=r"unknown stages \['z'\]; choose from \('a', 'b'\)"):
+        cli.parse_stages(["--stages", "a,z"], ("a", "b"))
