@@ -24,8 +24,12 @@ Measured (2-core AMD EPYC VM shared with ~6 other jobs at load 10-18, 2026-12-02
 runs only): the whole 4 -> 32 growth runs as one compiled step (compile count 1, 42-90 s
 of compile wall time under that load); this preset's widths train at 52 img/s at 4x4 and
 11 img/s in the 8x8 fade under that load; FID of 64 EMA samples after the 4x4 phase (3k
-images) 399 (biased upwards at 64 samples; 4x4 images upsampled). NOT measured: the
-2-hour run against the target (FID < 15 at 10k samples) and the ablation table.
+images) 399 (biased upwards at 64 samples; 4x4 images upsampled). With tiny widths
+(fmap_base 128, fmap_max 32, 480 images per phase) at load ~2: 226 / 87 / 45 / 9.7 img/s
+at 4 / 8 / 16 / 32 px, centred garment silhouettes after the 16x16 phase, grey textures
+after a 30-step 32x32 fade (too short for the new block). At those speeds this preset's
+60k images at 32x32 take hours: NOT measured: the 2-hour run against the target (FID < 15
+at 10k samples) and the ablation table; size the schedule from a run on an idle machine.
 
 Override any field: --config.schedule.fade_images=60000 --config.evaluation.phase_fid_samples=0
 """
