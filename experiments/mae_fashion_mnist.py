@@ -39,7 +39,6 @@ The scratch run uses the fine-tune recipe unchanged (not tuned on its own).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -107,14 +106,7 @@ def get_config(preset: str = "default") -> MAEDemoConfig:
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stages", default=",".join(STAGES))
-    known, rest = pre.parse_known_args(argv)
-    stages = [s for s in known.stages.split(",") if s]
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        raise SystemExit(f"unknown stages {unknown}; choose from {STAGES}")
+    stages, rest = cli.parse_stages(argv, STAGES)
     config, args = cli.parse(rest, get_config, PRESETS, description=__doc__)
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
