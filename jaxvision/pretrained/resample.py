@@ -13,11 +13,11 @@ Pure NumPy (float64 internally); non-square grids on either side are fine.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["interpolation_matrix", "resample_grid", "resample_pos_embedding", "square_grid"]
+__all__ = ["fit_run_params", "interpolation_matrix", "resample_grid", "resample_pos_embedding", "square_grid"]
 
 
 def interpolation_matrix(old: int, new: int, *, align_corners: bool = True) -> np.ndarray:
@@ -102,3 +102,31 @@ def resample_pos_embedding(
         )
     grid = resample_grid(patches.reshape(*old_grid, -1), new_grid, align_corners=align_corners)
     return np.concatenate([prefix, grid.reshape(1, -1, grid.shape[-1])], axis=1)
+
+
+def fit_run_params(source: Mapping, template: Mapping, *, grid: Sequence[int], num_prefix: int,
+                   where: str = "the checkpoint") -> tuple[dict, list[str]]:
+    """A jaxvision ViT's parameters (our own layout, e.g. a classifier run's) fitted to a
+    head-less ViT `template` of the same architecture at another image size: the head and
+    representation layer dropped, position embeddings resampled to `grid` (bilinear, corners
+    aligned, `num_prefix` CLS entries kept aside), every other entry shape-checked.
+    Returns (params as NumPy arrays, the resampled entries' descriptions)."""
+    import jax
+
+    source = {k: v for k, v in source.items() if k not in ("head", "pre_logits")}
+    if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(source):
+        raise ValueError(f"the parameters of {where} do not fit the model (another architecture, or not a ViT): "
+                         "build the model from the run's own model section")
+    resampled = []
+
+    def fit(path, want, have):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        have = np.asarray(have)
+        if name.endswith("pos_embedding") and have.shape != tuple(want.shape):
+            resampled.append(f"{name}: {have.shape} -> {tuple(want.shape)}")
+            have = resample_pos_embedding(have, tuple(grid), num_prefix=num_prefix)
+        if have.shape != tuple(want.shape):
+            raise ValueError(f"{name} has shape {have.shape} in {where} but the model needs {tuple(want.shape)}")
+        return have.astype(want.dtype)
+
+    return jax.tree_util.tree_map_with_path(fit, template, source), resampled

@@ -100,10 +100,8 @@ def backbone_from_run(run_dir: str, backbone_cfg: cls.ModelConfig, image_size, *
     other entry checked against the new model's shapes. `backbone_cfg` is unused: the
     run decides the architecture.
 
-    (A jaxvision run has the model's own layout, so this does not go through
-    `load_pretrained`, which also reads foreign formats but assumes a conv patch embedding
-    and so fails on the main job's shifted-patch stem.)"""
-    from jaxvision.pretrained.resample import resample_pos_embedding
+    (A jaxvision run has the model's own layout: `pretrained.resample.fit_run_params`.)"""
+    from jaxvision.pretrained.resample import fit_run_params
     from jaxvision.train.checkpoint import load_params
 
     del backbone_cfg
@@ -115,26 +113,11 @@ def backbone_from_run(run_dir: str, backbone_cfg: cls.ModelConfig, image_size, *
     cfg = dataclasses.replace(config_lib.from_dict(cls.ModelConfig, model), patch_dropout=0.0)
     vit = cls.build_model(cfg, num_classes=0)
     template = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_size), jnp.float32))["params"]
-    source = jax.tree_util.tree_map(np.asarray, load_params(run_dir))
-    source = {k: v for k, v in source.items() if k not in ("head", "pre_logits")}
     ph, pw = vit.resolved_config()["patch_size"]
-    grid = (image_size[0] // ph, image_size[1] // pw)
-    prefix = 1 if cfg.pool == "cls" else 0
-
-    def fit(path, want, have):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if name.endswith("pos_embedding") and have.shape != want.shape:
-            log(f"{name}: resampled {have.shape} -> {want.shape}")
-            return resample_pos_embedding(have, grid, num_prefix=prefix)
-        if have.shape != want.shape:
-            raise ValueError(f"init: {name} has shape {have.shape} in {run_dir} but the backbone needs "
-                             f"{want.shape}")
-        return have
-
-    if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(source):
-        raise ValueError(f"init: the parameters of {run_dir} do not fit its own model section (a different "
-                         "architecture or a non-ViT run)")
-    loaded = jax.tree_util.tree_map_with_path(fit, template, source)
+    loaded, resampled = fit_run_params(load_params(run_dir), template, grid=(image_size[0] // ph, image_size[1] // pw),
+                                       num_prefix=1 if cfg.pool == "cls" else 0, where=f"init {run_dir}")
+    for entry in resampled:
+        log(f"{entry}: resampled")
     log(f"backbone from {run_dir}: {len(jax.tree_util.tree_leaves(loaded))} arrays, head dropped")
     return cfg, loaded
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxvision import config as config_lib
@@ -183,32 +182,17 @@ def pretrained_encoder_init(source_params, image_shape, model, *, log=print):
     resampled bilinearly to this image size's grid (`pretrained.resample`), the head and
     representation layer dropped, every other entry shape-checked.
 
-    (A jaxvision run has the model's own layout, so this does not need
-    `pretrained.load_pretrained`, which reads foreign formats but assumes a conv patch
-    embedding and fails on the main job's shifted-patch stem.)"""
-    from jaxvision.pretrained.resample import resample_pos_embedding
+    (A jaxvision run has the model's own layout: `pretrained.resample.fit_run_params`.)"""
+    from jaxvision.pretrained.resample import fit_run_params
 
     template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))["params"]["encoder"]
-    source = {k: v for k, v in source_params.items() if k not in ("head", "pre_logits")}
-    report = {"dropped": sorted(set(source_params) - set(source)), "resampled": [], "loaded": []}
-    if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(source):
-        raise ValueError("the classifier's parameters do not fit the Segmenter's encoder: build the encoder with the "
-                         "classifier run's model section (encoder_from_run)")
     ph, pw = model.encoder.resolved_config()["patch_size"]
     grid = (image_shape[0] // ph, image_shape[1] // pw)
-
-    def fit(path, want, have):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        have = np.asarray(have)
-        if name.endswith("pos_embedding") and have.shape != want.shape:
-            report["resampled"].append(f"{name}: {have.shape} -> {want.shape}")
-            have = resample_pos_embedding(have, grid, num_prefix=1 if model.encoder.pool == "cls" else 0)
-        if have.shape != want.shape:
-            raise ValueError(f"the classifier's {name} is {have.shape} but the encoder needs {want.shape}")
-        report["loaded"].append(name)
-        return have.astype(want.dtype)
-
-    loaded = jax.tree_util.tree_map_with_path(fit, template, source)
+    loaded, resampled = fit_run_params(source_params, template, grid=grid,
+                                       num_prefix=1 if model.encoder.pool == "cls" else 0, where="the classifier")
+    report = {"dropped": sorted(k for k in source_params if k in ("head", "pre_logits")), "resampled": resampled,
+              "loaded": ["/".join(str(getattr(k, "key", k)) for k in path)
+                         for path, _ in jax.tree_util.tree_leaves_with_path(loaded)]}
     log(f"encoder from the classifier: {len(report['loaded'])} arrays, resampled {report['resampled']}, "
         f"dropped {report['dropped']}")
 
