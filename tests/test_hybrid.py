@@ -206,3 +206,19 @@ def test_live_timm_parity(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(roundtrip(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy(), stored,
                                    atol=1e-5, rtol=0)
+
+
+def test_finetuning_reads_a_hybrid_architecture_from_the_checkpoint(tiny_hybrid, tmp_path):
+    """The fine-tune task builds what the checkpoint holds: a plain ViT config given, a
+    hybrid checkpoint read, the model's parameter tree equals the checkpoint's."""
+    from jaxvision.tasks import classification as cls
+    from jaxvision.tasks.finetune import model_config_from_checkpoint
+
+    _, params, _, _ = tiny_hybrid
+    save_npz(params, tmp_path / "R_tiny.npz")
+    cfg = model_config_from_checkpoint(cls.ModelConfig(variant="B/16"), infer_vit_config(tmp_path / "R_tiny.npz"))
+    assert cfg.resnet_stages == (2, 1) and cfg.resnet_convention == "official"
+    built = cls.build_model(cfg, num_classes=params["head"]["bias"].shape[0])
+    shapes = jax.eval_shape(built.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+    assert all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(params)))

@@ -98,6 +98,21 @@ def _variant(arch: dict) -> str:
     return f"{name}/{ph}" if ph == pw else f"{name}/{ph}x{pw}"
 
 
+HYBRID_FIELDS = ("resnet_width", "std_conv_eps", "resnet_convention")
+
+
+def model_config_from_checkpoint(model_cfg, arch: dict, *, drop_representation: bool = False):
+    """`model_cfg` with the architecture `pretrained.infer_vit_config` read from a
+    checkpoint: width, depth, MLP, heads, patch, pool, GELU form, representation layer, and
+    a hybrid's ResNet stem (stages, width, weight-standardisation convention) or none."""
+    return dataclasses.replace(
+        model_cfg, variant=_variant(arch), width=arch["width"], depth=arch["depth"], mlp_dim=arch["mlp_dim"],
+        num_heads=arch["num_heads"], pool=arch["pool"], gelu_approximate=arch["gelu_approximate"],
+        representation_size=None if drop_representation else arch["representation_size"],
+        resnet_stages=arch.get("resnet_stages"), **{k: arch[k] for k in HYBRID_FIELDS if k in arch},
+    )
+
+
 def prepare(cfg: FinetuneConfig, *, log=print):
     """Everything `run` needs before training: (cfg with the checkpoint's architecture,
     model, loaded params, load report, image_shape, num_classes, frozen_mask, lr_multipliers)."""
@@ -116,11 +131,7 @@ def prepare(cfg: FinetuneConfig, *, log=print):
     model_cfg = cfg.model
     if t.architecture_from_checkpoint:
         arch = pretrained.infer_vit_config(source, format=t.format, num_heads=t.num_heads)
-        model_cfg = dataclasses.replace(
-            model_cfg, variant=_variant(arch), width=arch["width"], depth=arch["depth"], mlp_dim=arch["mlp_dim"],
-            num_heads=arch["num_heads"], pool=arch["pool"], gelu_approximate=arch["gelu_approximate"],
-            representation_size=None if t.drop_representation else arch["representation_size"],
-        )
+        model_cfg = model_config_from_checkpoint(model_cfg, arch, drop_representation=t.drop_representation)
         log(f"architecture from {t.init}: width {arch['width']}, depth {arch['depth']}, mlp {arch['mlp_dim']}, "
             f"heads {arch['num_heads']}, patch {arch['patch_size']}, pool {arch['pool']}, "
             f"{'exact' if not arch['gelu_approximate'] else 'tanh'} GELU, pretrained at {arch['image_size']}")
