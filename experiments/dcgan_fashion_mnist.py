@@ -6,9 +6,16 @@ first if runs/vit_fashion_mnist holds none):
     .venv/bin/python experiments/dcgan_fashion_mnist.py --workdir runs/cdcgan --preset conditional
     .venv/bin/python experiments/dcgan_fashion_mnist.py --workdir runs/wgan_gp --preset wgan_gp
 
-Hardware and expected result (measured, see README): 2-core CPU, under 15 minutes,
-recognisable garments in samples/; FD-ViT of EMA samples reported next to the real-data
-floor (test vs train images) in results.json.
+Hardware and expected result (measured, see README; 2-core Intel Xeon VM, one other run
+beside it; classifier: the main job's recipe stopped at 3,000 steps; FID off):
+    default (sub-pixel G, 3000 steps): 194 s of training, FD-ViT of 10k EMA samples 6.04
+        (real floor 0.03), precision 0.678, recall 0.736, density 0.525, coverage 0.376,
+        smallest class 4.9% of samples, largest 14.2%;
+    the same with the paper's transposed convolutions (--config.model.upsample=transpose,
+        the default before): 288 s, FD-ViT 9.82, precision 0.660, recall 0.791, density
+        0.469, coverage 0.304, smallest class 1.6%.
+FID of 10k EMA samples is computed at the end when FID-Inception weights are installed
+(the set-up installs them): about 2.5 hours on this CPU the first time (README).
 
 Override any field: --config.total_steps=500 --config.optim.loss=hinge
 """
@@ -33,7 +40,9 @@ def get_config(preset: str = "default") -> gan.GANConfig:
     config = gan.GANConfig(
         # Width 32 (half the paper's 64): on a 2-core CPU it trains ~3x faster and still
         # draws recognisable garments at 28x28.
-        model=gan.GANModelConfig(latent_dim=100, g_width=32, d_width=32),
+        # Sub-pixel upsampling in G: no checkerboards, and on the CPU a 1.5x faster step and a
+        # lower FD-ViT than the paper's transposed convolutions at 3000 steps (README).
+        model=gan.GANModelConfig(latent_dim=100, g_width=32, d_width=32, upsample="subpixel"),
         optim=gan.GANOptimConfig(loss="non_saturating", g_learning_rate=2e-4, d_learning_rate=2e-4, b1=0.5,
                                  ema_decay=0.999),
         fd=gan.FDConfig(classifier_workdir="runs/vit_fashion_mnist", num_samples=10_000),
