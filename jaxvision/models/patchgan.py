@@ -32,8 +32,9 @@ from typing import Any
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxvision.models.norms import NORMS, norm_layer
+
 KERNEL = 4
-NORMS = ("batch", "instance", "none")
 _init = nn.initializers.normal(stddev=0.02)
 
 
@@ -56,15 +57,6 @@ def layers_for_image_size(image_size: int) -> int:
     target = 70.0 * image_size / 256.0
     candidates = [n for n in range(1, 8) if receptive_field(n) <= 2 * image_size] or [1]
     return min(candidates, key=lambda n: abs(math.log(receptive_field(n) / target)))
-
-
-def _norm(kind: str, train: bool, name: str):
-    if kind == "batch":
-        # momentum 0.9 = PyTorch's 0.1; eps 1e-5 as PyTorch's BatchNorm2d.
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-    if kind == "instance":
-        return nn.InstanceNorm(epsilon=1e-5, use_scale=False, use_bias=False, name=name)
-    return lambda x: x
 
 
 class PatchGAN(nn.Module):
@@ -107,5 +99,5 @@ class PatchGAN(nn.Module):
         for i in range(1, n + 1):
             stride = 2 if i < n else 1  # the last hidden conv keeps the resolution (C512 s1 at n=3)
             h = conv(self.width * min(2 ** i, 8), stride, f"conv{i}")(h)
-            h = nn.leaky_relu(_norm(self.norm, train, f"norm{i}")(h), 0.2)
+            h = nn.leaky_relu(norm_layer(self.norm, train, f"norm{i}")(h), 0.2)
         return conv(1, 1, "logits")(h).astype(jnp.float32)

@@ -31,7 +31,8 @@ from typing import Any
 import jax.numpy as jnp
 import flax.linen as nn
 
-NORMS = ("batch", "instance", "none")
+from jaxvision.models.norms import NORMS, norm_layer
+
 _init = nn.initializers.normal(stddev=0.02)
 
 
@@ -40,14 +41,6 @@ def depth_for_image_size(image_size: int, max_depth: int = 8) -> int:
     if image_size < 2:
         raise ValueError(f"U-Net needs images of at least 2 px, got {image_size}")
     return min(max(1, math.ceil(math.log2(image_size))), max_depth)
-
-
-def _norm(kind: str, train: bool, name: str):
-    if kind == "batch":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-    if kind == "instance":
-        return nn.InstanceNorm(epsilon=1e-5, use_scale=False, use_bias=False, name=name)
-    return lambda x: x
 
 
 class UNet(nn.Module):
@@ -93,7 +86,7 @@ class UNet(nn.Module):
             h = nn.Conv(feats(i), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), kernel_init=_init,
                         use_bias=bias or i == 0 or innermost, dtype=self.dtype, name=f"down{i}")(h)
             if 0 < i and not innermost:
-                h = _norm(self.norm, train, f"down_norm{i}")(h)
+                h = norm_layer(self.norm, train, f"down_norm{i}")(h)
             skips.append(h)
 
         h = skips.pop()
@@ -105,7 +98,7 @@ class UNet(nn.Module):
                                  name=f"up{i}")(h)
             if outermost:
                 break
-            h = _norm(self.norm, train, f"up_norm{i}")(h)
+            h = norm_layer(self.norm, train, f"up_norm{i}")(h)
             if self.dropout and depth - 1 - i < 3:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
             h = jnp.concatenate([h, skips.pop()], axis=-1)
