@@ -354,7 +354,9 @@ def load_generator(workdir):
     cfg = config_lib.from_dict(GANConfig, raw)
     ema = load_params(workdir, collection="extra")["ema"]
     batch_stats = load_params(workdir, collection="model_state")[G]
-    channels = ema["to_image"]["kernel"].shape[-1]
+    # The output layer's kernel gives the image channels (a sub-pixel layer makes 4x as many).
+    to_image = ema["to_image"] if cfg.model.upsample == "transpose" else ema["to_image"]["conv"]
+    channels = to_image["kernel"].shape[-1] // (4 if cfg.model.upsample == "subpixel" else 1)
     num_classes = ema["label_embed"]["embedding"].shape[0] if "label_embed" in ema else None
     generator, _ = build_networks(cfg.model, cfg.model.image_size, channels, num_classes)
     state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={}, rng=jnp.zeros(2, jnp.uint32),
