@@ -1,6 +1,6 @@
 """Masked-autoencoder pretraining without labels, then 1% of the labels (He et al. 2021).
 
-    flock /work/notes/cpu.lock .venv/bin/python experiments/mae_fashion_mnist.py --workdir runs/mae
+    .venv/bin/python experiments/mae_fashion_mnist.py --workdir runs/mae
 
 Stages (each its own run folder under --workdir, resumable, run one after the other):
   pretrain  an MAE on all 60,000 Fashion-MNIST training images, labels never read: a small
