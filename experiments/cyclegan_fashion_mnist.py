@@ -38,10 +38,8 @@ Override any field: --config.total_steps=500 --config.model.g_width=16
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -74,14 +72,13 @@ def get_config(preset: str = "sneaker2boot") -> cyclegan.CycleGANConfig:
 
 def ensure_classifier(workdir: str, steps: int):
     """The main job's ViT run in `workdir`, trained first (its recipe, `steps` steps) if absent."""
-    if not workdir or (Path(workdir) / "config.json").is_file():
+    if not workdir:
         return
     from jaxvision.tasks import classification
 
     import vit_fashion_mnist
 
-    print(f"No classifier run in {workdir}: training the main job's ViT for {steps} steps first.")
-    classification.run(dataclasses.replace(vit_fashion_mnist.get_config(), total_steps=steps), workdir)
+    classification.ensure_classifier(workdir, vit_fashion_mnist.get_config(), steps, purpose="CycleGAN")
 
 
 def main(argv=None):

@@ -105,10 +105,8 @@ def _fd_evaluator(cfg: ExperimentConfig, reference_images: np.ndarray):
     from jaxvision.tasks import classification
 
     classifier = Path(cfg.fd_classifier_workdir)
-    if not (classifier / "config.json").is_file():
-        print(f"FD-ViT: no classifier in {classifier}; training one for {cfg.fd_classifier_steps} steps first.")
-        classification.run(dataclasses.replace(vit_fashion_mnist.get_config(), total_steps=cfg.fd_classifier_steps),
-                           classifier)
+    classification.ensure_classifier(classifier, vit_fashion_mnist.get_config(), cfg.fd_classifier_steps,
+                                     purpose="FD-ViT")
     floor = data.eval_batches(cfg.data.dataset, cfg.data.train_split, global_batch_size=500,
                               data_dir=cfg.data.data_dir)
     n = len(reference_images)

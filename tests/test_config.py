@@ -37,3 +37,17 @@ def test_parse_stages():
     assert cli.parse_stages(["--workdir", "w"], ("a", "b"))[0] == ["a", "b"]
     with pytest.raises(SystemExit, match=r"unknown stages \['z'\]; choose from \('a', 'b'\)"):
         cli.parse_stages(["--stages", "a,z"], ("a", "b"))
+
+
+def test_ensure_classifier_trains_only_when_the_folder_holds_no_run(tmp_path, monkeypatch):
+    from jaxvision.tasks import classification
+
+    calls = []
+    monkeypatch.setattr(classification, "run", lambda cfg, workdir: calls.append((cfg.total_steps, workdir)))
+    config = classification.ClassificationConfig()
+    classification.ensure_classifier(tmp_path / "cls", config, 7)
+    assert calls == [(7, tmp_path / "cls")]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "config.json").write_text("{}")
+    classification.ensure_classifier(tmp_path / "done", config, 7)
+    assert len(calls) == 1

@@ -196,6 +196,18 @@ def run(cfg: ClassificationConfig, workdir, *, init_params=None, frozen_mask=Non
     )
 
 
+def ensure_classifier(workdir, config, steps: int, *, purpose: str = "The evaluation") -> None:
+    """A classifier run in `workdir` (its config.json present), trained first with `config`
+    for `steps` steps if the folder holds none (the metrics of generators and translators
+    read their samples through it)."""
+    from pathlib import Path
+
+    if (Path(workdir) / "config.json").is_file():
+        return
+    print(f"{purpose}: no classifier run in {workdir}; training one for {steps} steps first.")
+    run(dataclasses.replace(config, total_steps=steps), workdir)
+
+
 def load_classifier(run, step: int | None = None):
     """(model, params) of a classification run: its config.json's model section and its
     newest (or `step`) checkpoint, through this task's model builder."""

@@ -315,14 +315,12 @@ def vit_space_evaluator(cfg: GANConfig, classifier_config=None, num_classes: int
     from jaxvision.tasks import classification
 
     classifier = Path(cfg.fd.classifier_workdir)
-    if not (classifier / "config.json").is_file():
-        if classifier_config is None:
-            raise FileNotFoundError(
-                f"FD-ViT needs a trained classifier run in {classifier} (fd.classifier_workdir): run the "
-                "main job (experiments/vit_fashion_mnist.py) first, or set fd.num_samples=0 to skip FD."
-            )
-        print(f"FD-ViT: no classifier in {classifier}; training one for {cfg.fd.classifier_steps} steps first.")
-        classification.run(dataclasses.replace(classifier_config, total_steps=cfg.fd.classifier_steps), classifier)
+    if not (classifier / "config.json").is_file() and classifier_config is None:
+        raise FileNotFoundError(
+            f"FD-ViT needs a trained classifier run in {classifier} (fd.classifier_workdir): run the "
+            "main job (experiments/vit_fashion_mnist.py) first, or set fd.num_samples=0 to skip FD."
+        )
+    classification.ensure_classifier(classifier, classifier_config, cfg.fd.classifier_steps, purpose="FD-ViT")
     classify, classifier_classes = classification.classifier_fn_from_run(classifier)
     if num_classes is not None and num_classes != classifier_classes:
         raise config_lib.ConfigError(
