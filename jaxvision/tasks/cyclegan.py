@@ -363,14 +363,14 @@ class Evaluator:
     def _fid(self, fakes, tgt, tgt_train) -> dict:
         """FID of translations to the target test images, and the real floor (target train
         images vs the same test images), each from `fid_images` images."""
+        from jaxvision.metrics.evaluators import fid_inception_or_none
         from jaxvision.metrics.fid import FeatureExtractor, compute_metrics
-        from jaxvision.pretrained.inception import fid_inception, find_weights
 
-        if find_weights() is None:
-            print("FID skipped: no FID-Inception weights (see README: FID).")
+        if not hasattr(self, "extractor"):  # looked up once: one stderr line, not one per direction
+            net_factory = fid_inception_or_none("CycleGAN: FID")
+            self.extractor = None if net_factory is None else FeatureExtractor(net_factory(), batch_size=50)
+        if self.extractor is None:
             return {}
-        if not hasattr(self, "extractor"):
-            self.extractor = FeatureExtractor(fid_inception(), batch_size=50)
         n = self.cfg.eval.fid_images
         feats = lambda batches: self.extractor(batches, value_range=(-1.0, 1.0), num_images=n)  # noqa: E731
         real = feats(self.images(tgt, n))

