@@ -47,7 +47,9 @@ def test_vit_experiment_writes_every_output(vit_run):
     assert (vit_run / "plots" / "attention_rollout.png").stat().st_size > 0
     config = json.loads((vit_run / "config.json").read_text())
     assert config["model"]["width"] == 16 and config["total_steps"] == 6
-    assert json.loads((vit_run / "run.json").read_text())["backend"] == "cpu"
+    run_info = json.loads((vit_run / "run.json").read_text())
+    assert run_info["backend"] == "cpu"
+    assert run_info["host_cpu"].endswith(f", {os.cpu_count()} cores")  # timings name their machine
 
 
 def test_rerunning_a_finished_run_keeps_its_results(vit_run):

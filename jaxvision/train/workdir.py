@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -55,11 +56,22 @@ def lock(workdir: Path, enabled: bool):
         yield
 
 
+def host_cpu() -> str:
+    """The CPU model and core count, so that a run's timings name their machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        name = None
+    return f"{name or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def write_run_info(workdir: Path, config: dict | None, form, start_step: int) -> None:
     info = {
         "command": " ".join(sys.argv),
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
+        "host_cpu": host_cpu(),
         "parallel": form.name,
         "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(),
