@@ -82,6 +82,45 @@ def blend(alpha, low, high):
     return (1.0 - alpha) * low + alpha * high
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@jax.custom_vjp
+def conv2d_same(x, kernel):
+    """Stride-1 SAME convolution, NHWC x HWIO (odd kernel), with a hand-written VJP whose
+    convolutions are again in that canonical layout, at every order of differentiation.
+
+    Why: JAX's own VJP emits the input gradient with a swapped kernel layout (01oi) and
+    the kernel gradient with batch and feature swapped (f01b_i01o); XLA:CPU rewrites such
+    convolutions into the canonical layout (transposes around a library call) only in the
+    entry computation. Inside a `lax.switch` branch (the ProGAN step picks its level with
+    one) they fall back to naive loops: the WGAN-GP double backprop ran ~50x slower. The
+    rewrite below is the one XLA makes at top level (same transposes, same convolution),
+    so the values are the same bits as JAX's gradient compiled outside a switch."""
+    if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+        raise ValueError(f"conv2d_same takes odd kernel sizes (symmetric SAME padding), got {kernel.shape[:2]}.")
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC)
+
+
+def _conv2d_same_fwd(x, kernel):
+    return conv2d_same(x, kernel), (x, kernel)
+
+
+def _conv2d_same_bwd(residuals, dy):
+    x, kernel = residuals
+    ph, pw = (kernel.shape[0] - 1) // 2, (kernel.shape[1] - 1) // 2
+    # d/dx: the SAME convolution of dy with the flipped kernel, input and output swapped.
+    dx = conv2d_same(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    # d/dkernel[i, j, c, o] = sum_{n,h,w} x_pad[n, h+i, w+j, c] dy[n, h, w, o]: a convolution
+    # over (h, w) of x as [C, H, W, N] (channels as batch) with dy as an [H, W, N, O] kernel.
+    dk = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
+                                      ((ph, ph), (pw, pw)), dimension_numbers=_NHWC).transpose(1, 2, 0, 3)
+    return dx, dk
+
+
+conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
+
+
 class EqualizedDense(nn.Module):
     """Dense layer; with `equalized`, weights N(0, 1) times gain / sqrt(fan_in) at run time
     (the same He-scaled layer whose Adam steps are equal in every layer); without it the
@@ -121,8 +160,7 @@ class EqualizedConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.equalized:
             kernel = kernel * scale
-        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+        return conv2d_same(x, kernel) + bias
 
 
 def _act(x):
