@@ -234,41 +234,47 @@ def main(argv=None):
         ours.update(vit_keys(vit(ours_samples)), vit_source="scored here")
     vit_seconds = time.perf_counter() - t0
     fid_on = args.fid if args.fid is not None else find_weights() is not None
-    if fid_on:
-        fid = gan.fid_of_samples(cfg, array_source(drawn["ema"]))
-        if fid:
-            peer["ema"].update(fid=fid["fid"], fid_seconds=fid["seconds"])
 
     def ratio(k):
         a, b = ours.get(k), peer["ema"].get(k)
         return None if a is None or b is None or b == 0 else a / b
 
-    report = {
-        "machine": {**common.machine(), "load_average_before_after": [load_before, common.load_average()],
-                    "other_jobs": "not controlled; see load averages"},
-        "wall_seconds": {"ours": results["wall_seconds"], "peer_budget": seconds,
-                         "peer_train": peer_info.get("train_seconds")},
-        "ours": {"run": str(run.resolve()), "steps": results.get("steps"), "config": run_config["model"],
-                 "samples": "EMA, recomputed BatchNorm statistics", **ours,
-                 "results_json": recorded},
-        "peer": {**peer_info, "samples_file": str(samples_path), "ema": peer["ema"], "raw_g": peer["raw"]},
-        "num_samples": args.num_samples, "vit_scoring_seconds": vit_seconds,
-        "ratio_ours_over_peer_ema": {k: ratio(k) for k, _, _ in METRICS},
-        "ours_better_than_peer_ema": {k: (None if ratio(k) is None else (ratio(k) > 1) == hi)
-                                      for k, _, hi in METRICS},
-    }
-    common.write_json(report, out)
-    rows = [("ours", ours)] + [("ours (results.json)", recorded)] * bool(args.rescore_ours) + [
-        ("PyTorch DCGAN, EMA G", peer["ema"]), ("PyTorch DCGAN, raw G", peer["raw"])]
-    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-    print(f"\n{report['machine'].get('cpu', '?')}, {args.threads} threads; ours {results['wall_seconds']:.0f} s "
-          f"({results.get('steps')} steps), peer {fmt(peer_info.get('train_seconds'))} s "
-          f"({peer_info.get('steps', '?')} steps, torch {peer_info.get('torch', '?')}); {args.num_samples} samples\n")
-    print("| | " + " | ".join(label for _, label, _ in METRICS) + " |")
-    print("|---" * (len(METRICS) + 1) + "|")
-    for name, r in rows + [("ours / peer EMA", {k: ratio(k) for k, _, _ in METRICS})]:
-        print(f"| {name} | " + " | ".join(fmt(r.get(k)) for k, _, _ in METRICS) + " |")
-    return report
+    def report(fid_status: str) -> dict:
+        """Write the JSON and print the table (before FID too: a run stopped during FID keeps the rest)."""
+        r = {
+            "machine": {**common.machine(), "load_average_before_after": [load_before, common.load_average()],
+                        "other_jobs": "not controlled; see load averages"},
+            "wall_seconds": {"ours": results["wall_seconds"], "peer_budget": seconds,
+                             "peer_train": peer_info.get("train_seconds")},
+            "ours": {"run": str(run.resolve()), "steps": results.get("steps"), "config": run_config["model"],
+                     "samples": "EMA, recomputed BatchNorm statistics", **ours, "results_json": recorded},
+            "peer": {**peer_info, "samples_file": str(samples_path), "ema": peer["ema"], "raw_g": peer["raw"]},
+            "num_samples": args.num_samples, "vit_scoring_seconds": vit_seconds, "peer_fid": fid_status,
+            "ratio_ours_over_peer_ema": {k: ratio(k) for k, _, _ in METRICS},
+            "ours_better_than_peer_ema": {k: (None if ratio(k) is None else (ratio(k) > 1) == hi)
+                                          for k, _, hi in METRICS},
+        }
+        common.write_json(r, out)
+        rows = [("ours", ours)] + [("ours (results.json)", recorded)] * bool(args.rescore_ours) + [
+            ("PyTorch DCGAN, EMA G", peer["ema"]), ("PyTorch DCGAN, raw G", peer["raw"])]
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        print(f"\n{r['machine'].get('cpu', '?')}, {args.threads} threads; ours {results['wall_seconds']:.0f} s "
+              f"({results.get('steps')} steps), peer {fmt(peer_info.get('train_seconds'))} s "
+              f"({peer_info.get('steps', '?')} steps, torch {peer_info.get('torch', '?')}); "
+              f"{args.num_samples} samples; peer FID {fid_status}\n")
+        print("| | " + " | ".join(label for _, label, _ in METRICS) + " |")
+        print("|---" * (len(METRICS) + 1) + "|")
+        for name, row in rows + [("ours / peer EMA", {k: ratio(k) for k, _, _ in METRICS})]:
+            print(f"| {name} | " + " | ".join(fmt(row.get(k)) for k, _, _ in METRICS) + " |")
+        return r
+
+    if not fid_on:
+        return report("off")
+    report("pending")
+    fid = gan.fid_of_samples(cfg, array_source(drawn["ema"]))
+    if fid:
+        peer["ema"].update(fid=fid["fid"], fid_seconds=fid["seconds"])
+    return report("measured" if fid else "skipped: no FID-Inception weights")
 
 
 if __name__ == "__main__":
