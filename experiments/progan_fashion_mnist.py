@@ -20,16 +20,33 @@ metrics.jsonl with FID and precision/recall of EMA samples at each phase end
 and FID of evaluation.fid_samples (10k) at the end, plots/growth.png (FID against images
 seen, phase boundaries marked), compile count and time of the one jitted step.
 
-Measured (2-core AMD EPYC VM shared with ~6 other jobs at load 10-18, 2026-12-02; short
-runs only): the whole 4 -> 32 growth runs as one compiled step (compile count 1, 42-90 s
-of compile wall time under that load); this preset's widths train at 52 img/s at 4x4 and
-11 img/s in the 8x8 fade under that load; FID of 64 EMA samples after the 4x4 phase (3k
-images) 399 (biased upwards at 64 samples; 4x4 images upsampled). With tiny widths
-(fmap_base 128, fmap_max 32, 480 images per phase) at load ~2: 226 / 87 / 45 / 9.7 img/s
-at 4 / 8 / 16 / 32 px, centred garment silhouettes after the 16x16 phase, grey textures
-after a 30-step 32x32 fade (too short for the new block). At those speeds this preset's
-60k images at 32x32 take hours: NOT measured: the 2-hour run against the target (FID < 15
-at 10k samples) and the ablation table; size the schedule from a run on an idle machine.
+Measured: training speed (images trained per second, the level's batch; after compile) of
+one step per phase, 2-core Intel Xeon VM with one other job (an FID evaluation, ~1 core)
+running, load 1.7-4.5, 2026-12-02 (/work/runs/progan_speed/probe.py, short bursts, the
+step before and after the convolution fix side by side):
+
+    px / phase         4 st  8 fade  8 st  16 fade  16 st  32 fade  32 st
+    this preset before 104    2.3     -      -        -      -        -    (16/32 px: minutes a step)
+    this preset after  732    130    128     24       23     9.2      8.9
+    tiny before        964     91     90     13.6     13.3   3.5      3.5
+    tiny after        5200   1528   1493    364      371    122      124
+
+("tiny": fmap_base 128, fmap_max 32.) The cause of "before": JAX's convolution gradients
+ran as naive loops inside the step's lax.switch (see jaxvision.models.progan.conv2d_same);
+values agree with the old step within float32 round-off (tests/test_progan_conv.py).
+A hand-written plain 32-px WGAN-GP step with the same layers and widths (no equalized lr,
+pixel norm, minibatch stddev, fade-in or switch) runs 10.2 img/s at these widths and 138
+img/s at tiny widths in the same bursts: the ProGAN step is within 10-20% of it. The loop's
+logged train img/s counts the 64 rows read per step, i.e. twice the trained images at 16
+and 32 px. The step compiles once (~16 s); a level's first step costs extra once (~30 s at 8 px).
+The 2-hour budget: at the "after" speeds one image of every phase costs 0.32 s, so about
+22k images per phase (the same for fade and stabilise) fill 2 hours of training; use
+--config.schedule.fade_images=20000 --config.schedule.stable_images=20000 (~1.8 h of
+steps) and count phase-end evaluation on top (phase_fid_samples=500: ~8 min a phase end;
+the final 10k-sample FID runs hours on this CPU). Tiny widths fit ~300k images per phase.
+Earlier runs: FID of 64 EMA samples after the 4x4 phase (3k images) 399 (biased upwards
+at 64 samples). NOT measured: the 2-hour run against the target (FID < 15 at 10k samples)
+and the ablation table.
 
 Override any field: --config.schedule.fade_images=60000 --config.evaluation.phase_fid_samples=0
 """
