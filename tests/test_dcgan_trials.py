@@ -1,0 +1,66 @@
+"""experiments/sweeps/dcgan_trials.py: a trial's record names exactly what differs from its
+preset, keeps one line per trial, and its table reads the record."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+@pytest.fixture(scope="module")
+def trials():
+    from experiments.sweeps import dcgan_trials
+
+    return dcgan_trials
+
+
+def _fake_run(tmp_path, trials, preset, overrides: dict, results: dict):
+    from jaxvision import config as config_lib
+
+    cfg = config_lib.to_dict(trials.dcgan_fashion_mnist.get_config(preset))
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    run = tmp_path / f"run_{preset}_{len(overrides)}"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "run.json").write_text(json.dumps({"host_cpu": "Test CPU, 2 cores"}))
+    return run
+
+
+def test_record_names_the_preset_and_only_the_recipe_overrides(tmp_path, trials):
+    run = _fake_run(tmp_path, trials, "conditional",
+                    {"model.g_width": 64, "total_steps": 123, "progress": False, "fd.classifier_workdir": "/c"},
+                    {"fd_vit_ema_samples": 1.5, "vit_conditional_accuracy": 0.9, "unrelated": 7})
+    row = trials.record("t", run)
+    assert row["preset"] == "conditional"
+    assert row["overrides"] == ["model.g_width=64", "total_steps=123"]  # bookkeeping and feature space left out
+    assert row["fd_vit_space"] == "/c" and row["cpu"] == "Test CPU, 2 cores"
+    assert row["fd_vit_ema_samples"] == 1.5 and "unrelated" not in row
+
+
+def test_a_trial_recorded_again_replaces_its_line_and_the_table_reads_it(tmp_path, trials):
+    record = tmp_path / "r.jsonl"
+    run = _fake_run(tmp_path, trials, "default", {}, {"fd_vit_ema_samples": 3.0, "wall_seconds": 10.0})
+    trials.append(record, trials.record("a", run))
+    trials.append(record, {**trials.record("a", run), "fd_vit_ema_samples": 2.0})
+    trials.append(record, trials.record("b", run))
+    lines = [json.loads(x) for x in record.read_text().splitlines()]
+    assert [r["name"] for r in lines] == ["a", "b"] and lines[0]["fd_vit_ema_samples"] == 2.0
+    rows = trials.table(record).splitlines()[2:]
+    assert rows[0].startswith("| a | default ") and "| 2.00 |" in rows[0]  # sorted by FD-ViT
+
+
+def test_an_unfinished_run_is_a_clear_error(tmp_path, trials):
+    run = _fake_run(tmp_path, trials, "default", {}, {})
+    (run / "results.json").unlink()
+    with pytest.raises(SystemExit, match="has not finished"):
+        trials.record("x", run)
