@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dcgan_fashion_mnist  # noqa: E402
 
 from jaxvision import config as config_lib  # noqa: E402
-from jaxvision.train.workdir import host_cpu  # noqa: E402
+from jaxvision.train.workdir import host_cpu, read_results  # noqa: E402
 
 METRICS = ("steps", "wall_seconds", "train_images_per_second", "fd_vit_ema_samples", "fd_vit_real_test_floor",
            "vit_precision", "vit_recall", "vit_density", "vit_coverage", "vit_class_share_min",
@@ -50,9 +50,9 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_diff(run_dir: Path) -> tuple[str, list[str]]:
-    """(the closest preset, overrides that turn it into the run's config.json)."""
-    run_cfg = _flat(json.loads((run_dir / "config.json").read_text()))
+def config_diff(run_config: dict) -> tuple[str, list[str]]:
+    """(the closest preset, overrides that turn it into a run's config.json `run_config`)."""
+    run_cfg = _flat(run_config)
     best = None
     for preset in dcgan_fashion_mnist.PRESETS:
         base = _flat(config_lib.to_dict(dcgan_fashion_mnist.get_config(preset)))
@@ -65,13 +65,13 @@ def config_diff(run_dir: Path) -> tuple[str, list[str]]:
 
 def record(name: str, run_dir, fid_json=None) -> dict:
     run_dir = Path(run_dir)
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
+    results = read_results(run_dir)
+    if results is None:
         raise SystemExit(f"{run_dir} has no results.json: the run has not finished (rerun its command to finish it)")
-    results = json.loads(results_file.read_text())
-    preset, overrides = config_diff(run_dir)
+    run_config = json.loads((run_dir / "config.json").read_text())
+    preset, overrides = config_diff(run_config)
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    fd_space = json.loads((run_dir / "config.json").read_text()).get("fd", {}).get("classifier_workdir")
+    fd_space = run_config.get("fd", {}).get("classifier_workdir")
     row = {"name": name, "run": str(run_dir), "preset": preset, "overrides": overrides, "fd_vit_space": fd_space,
            "cpu": run_info.get("host_cpu") or f"{host_cpu()} (where recorded; run.json names none)"}
     row.update({k: results[k] for k in METRICS if k in results})
