@@ -38,9 +38,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
+from benchmarks.gan import PRESETS  # noqa: E402
 
-PEER_CFG = dict(image_size=28, channels=1, batch_size=64, latent_dim=100, g_width=64, d_width=64,
-                upsample="transpose")  # benchmarks/gan.py PRESETS["fmnist"]: the paper's DCGAN at 28 px
+# benchmarks/gan.py's "fmnist" preset with the paper's transposed convolutions: its DCGAN at 28 px.
+PEER_CFG = {**PRESETS["fmnist"], "upsample": "transpose"}
 # (results.json key, label, higher is better)
 METRICS = (("fid", "FID", False), ("fd_vit", "FD-ViT", False), ("precision", "precision", True),
            ("recall", "recall", True), ("density", "density", True), ("coverage", "coverage", True),
