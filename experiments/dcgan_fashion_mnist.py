@@ -18,7 +18,7 @@ Hardware and expected result (measured, see README; 2-core Intel Xeon VM, the tw
         --config.total_steps=3000: the default before): 288 s, FD-ViT 9.82, precision 0.660, recall 0.791, density
         0.469, coverage 0.304, smallest class 1.6%.
 FID of 10k EMA samples is computed at the end when FID-Inception weights are installed
-(the set-up installs them): 49.5 min on this CPU the first time, about 25 min once the
+(the set-up installs them): 49.5 min on this CPU the first time, an estimated 25 min once the
 reference statistics are cached (README). The default run's FID, measured afterwards with
 `python -m jaxvision.fid_cli checkpoint:RUN tfds:fashion_mnist:train --num-images 10000`:
 49.8 (KID 0.038); the issue's target (< 26.5) is not met.
