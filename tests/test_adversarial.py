@@ -1,6 +1,7 @@
 """The shared adversarial step: logs over n_critic, extra generator losses and pytree
 (two-domain) networks against hand computations, and the WGAN-GP draws under pmap."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -171,3 +172,45 @@ def test_gradient_penalty_draws_differ_per_device_and_match_the_global_batch():
     np.testing.assert_allclose(out["gp_pmap"], out["gp_single"], rtol=1e-5)
     # Float32 reduction order only.
     np.testing.assert_allclose(out["d_loss_pmap"], out["d_loss_single"], rtol=1e-4, atol=1e-5)
+
+
+def test_linear_lr_decay_over_the_last_steps_in_each_optimizers_own_count():
+    import pytest
+
+    from jaxvision import config as config_lib
+
+    base = adversarial.GANOptimConfig(g_learning_rate=2e-4, d_learning_rate=1e-4, n_critic=2)
+    # Constant by default: the very optax.adam of a float learning rate (same state, same bits).
+    g_tx, _ = adversarial.optimizers(base)
+    assert jax.tree_util.tree_structure(g_tx.init({"w": jnp.zeros(3)})) == \
+        jax.tree_util.tree_structure(optax.adam(2e-4).init({"w": jnp.zeros(3)}))
+
+    cfg = dataclasses.replace(base, lr_decay_steps=4)
+    total = 10  # constant for steps 0..5, then 2e-4 * (1 - k/4) at step 6 + k (the paper's linear decay)
+    want_g = [2e-4] * 6 + [2e-4 * (1 - k / 4) for k in range(4)]
+    g_lr = adversarial.learning_rate(cfg.g_learning_rate, cfg, total)
+    np.testing.assert_allclose([float(g_lr(t)) for t in range(total)], want_g, rtol=1e-6)
+    d_lr = adversarial.learning_rate(cfg.d_learning_rate, cfg, total, cfg.n_critic)  # D: 2 updates a step
+    want_d = [1e-4 * (1 - max(0, t / 2 - 6) / 4) for t in range(2 * total)]
+    np.testing.assert_allclose([float(d_lr(t)) for t in range(2 * total)], want_d, rtol=1e-6)
+
+    # Through Adam: the first update of a parameter is -lr * sign(grad) (eps aside), at the scheduled lr.
+    g_tx, _ = adversarial.optimizers(cfg, total)
+    grads = {"w": jnp.asarray([3.0, -0.5, 2.0])}
+    state = g_tx.init(grads)
+    for t in (0, 7, 9):
+        state_t = optax.tree_utils.tree_set(state, count=jnp.asarray(t, jnp.int32)) if t else state
+        upd, _ = g_tx.update(grads, state_t)
+        lr = want_g[t]
+        if t:  # count also drives Adam's bias correction: compare with a constant-lr Adam at the same count
+            ref_state = optax.tree_utils.tree_set(optax.adam(lr, b1=cfg.b1, b2=cfg.b2).init(grads),
+                                                  count=jnp.asarray(t, jnp.int32))
+            ref, _ = optax.adam(lr, b1=cfg.b1, b2=cfg.b2).update(grads, ref_state)
+        else:
+            ref = {"w": -lr * jnp.sign(grads["w"])}
+        np.testing.assert_allclose(upd["w"], ref["w"], rtol=1e-5)
+
+    with pytest.raises(config_lib.ConfigError, match="raise total_steps"):
+        adversarial.optimizers(cfg, 3)
+    with pytest.raises(config_lib.ConfigError, match="needs a run"):
+        adversarial.optimizers(cfg)

@@ -55,16 +55,40 @@ class GANOptimConfig:
     gp_weight: float = 0.0  # WGAN-GP gradient penalty weight (10 in Gulrajani et al.)
     r1_gamma: float = 0.0  # R1 penalty: gamma/2 * E||grad D(x)||^2 on real data
     ema_decay: float = 0.999
+    # Both learning rates decay linearly to 0 over the run's last lr_decay_steps steps
+    # (CycleGAN's n_epochs_decay, counted in steps); 0 keeps them constant.
+    lr_decay_steps: int = 0
 
 
-def optimizers(cfg: GANOptimConfig):
-    """(G's, D's) Adam as `cfg` says; refuses an unknown loss before anything is built."""
+def _check(cfg: GANOptimConfig):
     if cfg.loss not in GAN_LOSSES:
         raise config_lib.ConfigError(f"Unknown GAN loss {cfg.loss!r}; choose one of {sorted(GAN_LOSSES)}.")
     if cfg.n_critic < 1:
         raise config_lib.ConfigError(f"n_critic must be >= 1 (D steps per G step), got {cfg.n_critic}.")
-    return (optax.adam(cfg.g_learning_rate, b1=cfg.b1, b2=cfg.b2),
-            optax.adam(cfg.d_learning_rate, b1=cfg.b1, b2=cfg.b2))
+    if cfg.lr_decay_steps < 0:
+        raise config_lib.ConfigError(f"lr_decay_steps must be >= 0 (0: constant learning rates), got "
+                                     f"{cfg.lr_decay_steps}.")
+
+
+def learning_rate(base: float, cfg: GANOptimConfig, total_steps: int | None, updates_per_step: int = 1):
+    """`base`, or the schedule that holds it and then decays linearly to 0 over the last
+    `cfg.lr_decay_steps` of `total_steps` steps; in the optimizer's own update count, which
+    advances `updates_per_step` times a step (D's n_critic)."""
+    if not cfg.lr_decay_steps:
+        return base
+    if total_steps is None or cfg.lr_decay_steps > total_steps:
+        raise config_lib.ConfigError(f"optim.lr_decay_steps={cfg.lr_decay_steps} needs a run of at least that many "
+                                     f"steps (total_steps={total_steps}): lower it or raise total_steps.")
+    return optax.linear_schedule(base, 0.0, cfg.lr_decay_steps * updates_per_step,
+                                 transition_begin=(total_steps - cfg.lr_decay_steps) * updates_per_step)
+
+
+def optimizers(cfg: GANOptimConfig, total_steps: int | None = None):
+    """(G's, D's) Adam as `cfg` says; refuses an unknown loss before anything is built.
+    `total_steps`: the run's length, needed only with `cfg.lr_decay_steps`."""
+    _check(cfg)
+    return (optax.adam(learning_rate(cfg.g_learning_rate, cfg, total_steps), b1=cfg.b1, b2=cfg.b2),
+            optax.adam(learning_rate(cfg.d_learning_rate, cfg, total_steps, cfg.n_critic), b1=cfg.b1, b2=cfg.b2))
 
 
 def init_state(g_variables, d_variables, *, g_tx, d_tx, rng) -> state_lib.TrainState:
@@ -112,9 +136,11 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
     `g_<name>`. `axis_name`: set by the pmap form; gradients are averaged over it and the
     gradient penalty's interpolation draws are per device (of the global batch).
     """
-    default_g_tx, default_d_tx = optimizers(cfg)  # also refuses a bad loss or n_critic
-    g_tx = default_g_tx if g_tx is None else g_tx
-    d_tx = default_d_tx if d_tx is None else d_tx
+    _check(cfg)
+    if g_tx is None or d_tx is None:
+        default_g_tx, default_d_tx = optimizers(cfg)
+        g_tx = default_g_tx if g_tx is None else g_tx
+        d_tx = default_d_tx if d_tx is None else d_tx
     d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
     extra_g_losses = dict(extra_g_losses or {})
     extra_d_losses = dict(extra_d_losses or {})

@@ -151,8 +151,8 @@ def _l1(x, y):
 
 
 def make_task(generator, discriminator, optim: GANOptimConfig, losses: CycleGANLossConfig, *, image_shape,
-              hooks=()) -> loop.Task:
-    g_tx, d_tx = adversarial.optimizers(optim)
+              hooks=(), total_steps: int | None = None) -> loop.Task:
+    g_tx, d_tx = adversarial.optimizers(optim, total_steps)
     if optim.gp_weight or optim.r1_gamma:
         raise config_lib.ConfigError("CycleGAN's D's are a pytree of two: set optim.gp_weight and r1_gamma to 0.")
 
@@ -238,7 +238,8 @@ def run(cfg: CycleGANConfig, workdir) -> dict:
     def hook(step, state):
         return evaluate(step, state, final=step == cfg.total_steps)
 
-    task = make_task(generator, discriminator, cfg.optim, cfg.loss, image_shape=(size, size, channels), hooks=[hook])
+    task = make_task(generator, discriminator, cfg.optim, cfg.loss, image_shape=(size, size, channels), hooks=[hook],
+                     total_steps=cfg.total_steps)
 
     def train_data(start_step):
         return unpaired.unpaired_batches(cfg.data.domain_a, cfg.data.domain_b, global_batch_size=cfg.global_batch_size,

@@ -98,10 +98,11 @@ def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_clas
 
 
 def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, conditional: bool = False,
-              hooks=(), axis_name: str | None = None) -> loop.Task:
+              hooks=(), axis_name: str | None = None, total_steps: int | None = None) -> loop.Task:
     """DCGAN on the shared adversarial step. `axis_name`: set by the pmap form (G must be
-    built with the same one, for its BatchNorm); gradients are then averaged over it."""
-    g_tx, d_tx = adversarial.optimizers(cfg)
+    built with the same one, for its BatchNorm); gradients are then averaged over it.
+    `total_steps`: the run's length (for `cfg.lr_decay_steps`)."""
+    g_tx, d_tx = adversarial.optimizers(cfg, total_steps)
     latent = generator.latent_dim
 
     def labels_of(batch):
@@ -240,7 +241,8 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
         return metrics
 
     task = make_task(generator, discriminator, cfg.optim, image_shape=image_shape,
-                     conditional=cfg.model.conditional, hooks=[samples_hook], axis_name=form.axis_name)
+                     conditional=cfg.model.conditional, hooks=[samples_hook], axis_name=form.axis_name,
+                     total_steps=cfg.total_steps)
     read_batch = cfg.global_batch_size * cfg.optim.n_critic
 
     def train_data(start_step):

@@ -106,8 +106,8 @@ def complete(generator, params, batch_stats, batch):
 
 def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, l1_weight: float = 100.0,
               d_loss_weight: float = 0.5, adversarial_loss: bool = True, hooks=(),
-              axis_name: str | None = None) -> loop.Task:
-    g_tx, d_adam = adversarial.optimizers(cfg)
+              axis_name: str | None = None, total_steps: int | None = None) -> loop.Task:
+    g_tx, d_adam = adversarial.optimizers(cfg, total_steps)
     d_tx = optax.chain(optax.scale(d_loss_weight), d_adam)  # = D's loss times d_loss_weight
     h, w, c = image_shape
 
@@ -216,7 +216,7 @@ def run(cfg: Pix2PixConfig, workdir) -> dict:
 
     task = make_task(generator, discriminator, cfg.optim, image_shape=(h, w, c), l1_weight=cfg.l1_weight,
                      d_loss_weight=cfg.d_loss_weight, adversarial_loss=cfg.adversarial, hooks=[samples_hook],
-                     axis_name=form.axis_name)
+                     axis_name=form.axis_name, total_steps=cfg.total_steps)
 
     def train_data(start_step):
         it = data.train_iterator(cfg.data.dataset, cfg.data.train_split, global_batch_size=cfg.global_batch_size,
