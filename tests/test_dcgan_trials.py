@@ -64,3 +64,15 @@ def test_an_unfinished_run_is_a_clear_error(tmp_path, trials):
     (run / "results.json").unlink()
     with pytest.raises(SystemExit, match="has not finished"):
         trials.record("x", run)
+
+
+def test_train_seconds_leave_out_the_evaluation_and_a_resumed_run_has_none(tmp_path, trials):
+    # The loop's img/s times every step but the first: 101 steps of 64 images at 640 img/s
+    # are 10 s of training, whatever wall_seconds (here mostly FID) says.
+    results = {"steps": 101, "train_images_per_second": 640.0, "wall_seconds": 3000.0, "resumed_from_step": 0}
+    row = trials.record("t", _fake_run(tmp_path, trials, "default", {}, results))
+    assert row["train_seconds"] == pytest.approx(10.0, rel=1e-12)
+    resumed = _fake_run(tmp_path, trials, "conditional", {}, {**results, "resumed_from_step": 50})
+    assert trials.record("r", resumed)["train_seconds"] is None
+    batch_128 = _fake_run(tmp_path, trials, "wgan_gp", {"global_batch_size": 128}, results)
+    assert trials.record("b", batch_128)["train_seconds"] == pytest.approx(20.0, rel=1e-12)
