@@ -109,14 +109,15 @@ def table(path) -> str:
     rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
     fmt = lambda r, k, f: format(r[k], f) if r.get(k) is not None else "-"  # noqa: E731
     lines = ["| trial | preset + overrides | train s | FD-ViT | precision | recall | coverage | class min/max "
-             "| cond. acc. | FID |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| cond. acc. | FID | CPU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r.get("fd_vit_ema_samples", 1e9)):
         shares = (f"{100 * r['vit_class_share_min']:.1f}/{100 * r['vit_class_share_max']:.1f}%"
                   if "vit_class_share_min" in r else "-")
         lines.append(f"| {r['name']} | {r['preset']} {' '.join(r['overrides'])} | {fmt(r, 'train_seconds', '.0f')} "
                      f"| {fmt(r, 'fd_vit_ema_samples', '.2f')} | {fmt(r, 'vit_precision', '.3f')} "
                      f"| {fmt(r, 'vit_recall', '.3f')} | {fmt(r, 'vit_coverage', '.3f')} | {shares} "
-                     f"| {fmt(r, 'vit_conditional_accuracy', '.3f')} | {fmt(r, 'fid_fid', '.2f')} |")
+                     f"| {fmt(r, 'vit_conditional_accuracy', '.3f')} | {fmt(r, 'fid_fid', '.2f')} "
+                     f"| {r.get('cpu', '-').split(' (')[0]} |")
     return "\n".join(lines)
 
 
