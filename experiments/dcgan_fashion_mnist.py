@@ -23,6 +23,16 @@ reference statistics are cached (README). The default run's FID, measured afterw
 `python -m jaxvision.fid_cli checkpoint:RUN tfds:fashion_mnist:train --num-images 10000`:
 49.8 (KID 0.038); the issue's target (< 26.5) is not met.
 
+Longer runs (2-core AMD EPYC VM; classifier: the main job's full run, 91.21%; FID of 10k EMA
+samples at the end of the run):
+    default, --config.total_steps=21000: 989 s of training (over the 15 minutes here), FID 32.0,
+        FD-ViT 2.63, precision 0.770, recall 0.812, classes 8.0-11.2%;
+    default, --config.total_steps=18000 --config.optim.lr_decay_steps=6000: 778 s, FID 38.4,
+        FD-ViT 2.94;
+    --preset conditional (18,000 steps, decay over the last 6,000; an FID evaluation shared
+        the CPU): 1,363 s, FID 30.7, FD-ViT 0.29 (floor 0.025), precision 0.840, recall 0.571,
+        conditional accuracy 91.25% (the issue asks >= 90%).
+
 Override any field: --config.total_steps=500 --config.optim.loss=hinge
 """
 
@@ -60,7 +70,12 @@ def get_config(preset: str = "default") -> gan.GANConfig:
         checkpoint_every=1000,
     )
     if preset == "conditional":
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, conditional=True))
+        # 18,000 steps, the last 6,000 with the learning rates decaying to 0: 91.25% of samples
+        # get their class from the main job's classifier (9,000 constant steps: 87.0% under a
+        # weaker judge). About 15 minutes of training alone on the 2-core CPUs here.
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, conditional=True),
+                                     optim=dataclasses.replace(config.optim, lr_decay_steps=6000),
+                                     total_steps=18_000)
     if preset == "wgan_gp":
         config = dataclasses.replace(
             config,
