@@ -87,12 +87,14 @@ def train_seconds(results: dict, run_config: dict) -> float | None:
     """Seconds of training steps alone. wall_seconds also counts compilation, sampling,
     checkpoints and the end-of-run evaluation (FID's 10k Inception passes take longer than
     training); the loop's img/s leaves those out and times every step but the first, so
-    (steps - 1) * batch / img/s is the time of those steps. None for a resumed run, whose
+    (steps - 1) * images per step / img/s is the time of those steps; a step reads n_critic
+    D batches (gan.run's read_batch, what the loop counts). None for a resumed run, whose
     img/s covers only its last process."""
     ips, steps = results.get("train_images_per_second"), results.get("steps")
     if not ips or not steps or results.get("resumed_from_step"):
         return None
-    return (steps - 1) * run_config.get("global_batch_size", 64) / ips
+    images_per_step = run_config["global_batch_size"] * run_config["optim"]["n_critic"]
+    return (steps - 1) * images_per_step / ips
 
 
 def append(path, row: dict) -> None:
