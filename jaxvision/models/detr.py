@@ -117,21 +117,31 @@ class DETR(nn.Module):
 
 class CenterDetector(nn.Module):
     """The dense anchor-free alternative (CenterNet, Zhou et al. 2019, on ViT tokens as in
-    ViTDet's simple feature map): the encoded patch tokens as a grid, upsampled 2x by a
-    transposed conv, then two 3x3-conv heads: a class heatmap (sigmoid, one channel per
-    class; a peak marks an object's centre) and the box as distances from each cell's
-    centre to the four sides (normalised to the image, softplus). Returns
-    ({"heatmap": [B, G, G', C] logits, "ltrb": [B, G, G', 4]}, backbone intermediates)."""
+    ViTDet's simple feature map): the encoded patch tokens as a grid, then two 3x3-conv
+    heads: a class heatmap (sigmoid, one channel per class; a peak marks an object's
+    centre) and the box as distances from each cell's centre to the four sides (normalised
+    to the image, softplus). Where the 2x finer output grid comes from, `upsample`:
+
+    * "features": a 2x2 transposed conv upsamples the tokens first; the heads' 3x3 convs
+      run on the 2x grid (4x their cost, which on a 2-core CPU exceeds the backbone's).
+    * "outputs": the heads' 3x3 convs run on the token grid and their last layer is a 2x2
+      stride-2 transposed conv, so only the few output channels live on the 2x grid.
+    * "none": heads and outputs on the token grid (one cell per patch).
+
+    Returns ({"heatmap": [B, G, G', C] logits, "ltrb": [B, G, G', 4]}, backbone intermediates)."""
 
     backbone: ViT
     num_classes: int
     head_dim: int = 64
+    upsample: str = "features"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
         if self.backbone.num_classes:
             raise ValueError("the backbone must be a ViT with num_classes=0 (no classification head)")
+        if self.upsample not in ("features", "outputs", "none"):
+            raise ValueError(f"upsample must be 'features', 'outputs' or 'none', got {self.upsample!r}")
         _, inter = self.backbone(images, train=train)
         tokens = inter["encoded"]
         if self.backbone.pool == "cls":
@@ -139,15 +149,23 @@ class CenterDetector(nn.Module):
         ph, pw = self.backbone.resolved_config()["patch_size"]
         gh, gw = images.shape[1] // ph, images.shape[2] // pw
         x = tokens.reshape(tokens.shape[0], gh, gw, tokens.shape[-1])
-        x = nn.ConvTranspose(self.head_dim, (2, 2), strides=(2, 2), dtype=self.dtype, name="upsample")(x)
+        if self.upsample == "features":
+            x = nn.ConvTranspose(self.head_dim, (2, 2), strides=(2, 2), dtype=self.dtype, name="upsample")(x)
+        else:
+            x = nn.Dense(self.head_dim, dtype=self.dtype, name="project")(x)
         x = nn.gelu(nn.LayerNorm(name="upsample_norm")(x))
         outputs = {}
         # Heatmap bias: sigmoid prior 0.1 (CenterNet's -2.19), so the focal loss starts calm.
         for name, channels, bias in (("heatmap", self.num_classes, -2.19), ("ltrb", 4, 0.0)):
             h = nn.relu(nn.Conv(self.head_dim, (3, 3), dtype=self.dtype, name=f"{name}_conv")(x))
-            h = nn.Conv(channels, (1, 1), dtype=self.dtype, bias_init=nn.initializers.constant(bias),
-                        name=f"{name}_out")(h)
-            outputs[name] = h.astype(jnp.float32)
+            if self.upsample == "outputs":
+                out = nn.ConvTranspose(channels, (2, 2), strides=(2, 2), dtype=self.dtype,
+                                       bias_init=nn.initializers.constant(bias), name=f"{name}_out")
+            else:
+                out = nn.Conv(channels, (1, 1), dtype=self.dtype, bias_init=nn.initializers.constant(bias),
+                              name=f"{name}_out")
+            outputs[name] = out(h).astype(jnp.float32)
         # Distances in image units; softplus keeps them positive, /grid makes 1 = one cell.
-        outputs["ltrb"] = nn.softplus(outputs["ltrb"]) / jnp.array([x.shape[2], x.shape[1]] * 2, jnp.float32)
+        grid = outputs["ltrb"].shape
+        outputs["ltrb"] = nn.softplus(outputs["ltrb"]) / jnp.array([grid[2], grid[1]] * 2, jnp.float32)
         return outputs, inter

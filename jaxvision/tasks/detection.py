@@ -87,6 +87,10 @@ class DetectionConfig(loop.LoopConfig):
     # alternative (CenterNet heatmaps on the upsampled token grid), `center_*` fields.
     head: str = "detr"
     center_head_dim: int = 64
+    # Where the head reaches its 2x output grid (`models.detr.CenterDetector.upsample`):
+    # "features" (upsample the tokens, heads on the 2x grid), "outputs" (heads on the token
+    # grid, a transposed-conv output layer; about 4x cheaper), "none" (token grid).
+    center_upsample: str = "features"
     center_detections: int = 20  # per image, the best heatmap peaks
     backbone_lr_multiplier: float = 1.0  # DETR trains its backbone at 0.1 x
     eval_every: int = 0
@@ -259,7 +263,8 @@ def build(cfg: DetectionConfig, *, log=print):
     vit = cls.build_model(backbone_cfg, num_classes=0)
     d = cfg.detr
     if cfg.head == "center":
-        return cfg, CenterDetector(backbone=vit, num_classes=object_classes(source), head_dim=cfg.center_head_dim), \
+        return cfg, CenterDetector(backbone=vit, num_classes=object_classes(source), head_dim=cfg.center_head_dim,
+                                  upsample=cfg.center_upsample), \
             image_shape, object_classes(source), loaded
     if cfg.head != "detr":
         raise config_lib.ConfigError(f"head must be 'detr' or 'center', got {cfg.head!r}")
