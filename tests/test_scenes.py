@@ -82,6 +82,15 @@ def test_draw_scene_is_deterministic_and_independent_of_order():
     assert not np.array_equal(a["image"], c["image"])  # the split is part of the seed
 
 
+def test_the_large_config_extends_canvas64():
+    # Scene i is drawn from (canvas, split, i) alone, so a config with the same canvas and
+    # more train scenes holds canvas64's train scenes as its first 10,000 and its test set.
+    configs = {c.name: c for c in scenes.FashionScenes.BUILDER_CONFIGS}
+    small, large = configs["canvas64"], configs["canvas64_large"]
+    assert (large.canvas, large.test_scenes) == (small.canvas, small.test_scenes)
+    assert large.train_scenes == 6 * small.train_scenes
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tfds_data_dir):
     """The 'tiny' config (32x32, 32 train / 8 test scenes) built in a tmp dir."""

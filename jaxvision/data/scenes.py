@@ -137,6 +137,12 @@ class FashionScenes(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         FashionScenesConfig(name="canvas64", canvas=64, train_scenes=10_000, test_scenes=2_000,
                             description="64x64 canvases"),
+        # More compositions of the same train items against overfitting: a detector trained
+        # for 29 epochs of the 10,000 scenes scored 0.69 AP50 on train scenes, 0.54 on test.
+        # Scene i depends only on (canvas, split, i), so its first 10,000 train scenes and its
+        # 2,000 test scenes are canvas64's.
+        FashionScenesConfig(name="canvas64_large", canvas=64, train_scenes=60_000, test_scenes=2_000,
+                            description="64x64 canvases, 60,000 train scenes"),
         FashionScenesConfig(name="canvas96", canvas=96, train_scenes=10_000, test_scenes=2_000,
                             description="96x96 canvases"),
         FashionScenesConfig(name="tiny", canvas=32, train_scenes=32, test_scenes=8,
