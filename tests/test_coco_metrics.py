@@ -19,11 +19,12 @@ def _pad(rows, width):
     return out, valid
 
 
-def _ap(gt, det, num_classes=3):
+def _ap(gt, det, num_classes=3, per_class=False, **kwargs):
     g, gv = _pad(gt, 5)  # (x0, y0, x1, y1, label)
     d, dv = _pad(det, 6)  # (x0, y0, x1, y1, score, label)
-    return coco_box_ap(g[..., :4], g[..., 4].astype(int), gv, d[..., :4], d[..., 4], d[..., 5].astype(int), dv,
-                       image_size=SIZE, num_classes=num_classes)
+    out = coco_box_ap(g[..., :4], g[..., 4].astype(int), gv, d[..., :4], d[..., 4], d[..., 5].astype(int), dv,
+                      image_size=SIZE, num_classes=num_classes, **kwargs)
+    return out if per_class else {k: out[k] for k in ("AP", "AP50", "AP75")}
 
 
 GT = [[(4, 4, 20, 24, 0), (30, 30, 60, 50, 1)], [(10, 10, 30, 40, 0)], []]  # the third image is empty
@@ -58,6 +59,24 @@ def test_wrong_class_is_a_miss_and_classes_without_gt_are_left_out():
     # class 2 has no ground truth (only a false positive): COCO leaves it out of the mean.
     expected = (51 / 101 + 1.0) / 2
     assert _ap(GT, det)["AP50"] == pytest.approx(expected)
+
+
+def test_per_class_ap_names_the_classes_with_ground_truth():
+    # class 0: its two objects found exactly at ranks 1 and 3 of its detections (a false
+    # positive on the empty image between them); class 1: perfect; class 2: no ground truth.
+    gt = [[(4, 4, 20, 24, 0), (30, 30, 60, 50, 1)], [(10, 10, 30, 40, 0)], []]
+    det = [[(4, 4, 20, 24, 0.9, 0), (30, 30, 60, 50, 0.8, 1)], [(10, 10, 30, 40, 0.5, 0)],
+           [(40, 40, 50, 50, 0.7, 0), (40, 40, 50, 50, 0.7, 2)]]
+    out = _ap(gt, det, per_class=True, class_names=["top", "trouser", "bag"])
+    ap50_top = (51 * 1.0 + 50 * 2 / 3) / 101  # ranked TP, FP, TP: as the hand-computed mix above
+    assert set(out) == {"AP", "AP50", "AP75", "AP/top", "AP50/top", "AP/trouser", "AP50/trouser"}
+    assert out["AP50/top"] == pytest.approx(ap50_top) and out["AP/top"] == pytest.approx(ap50_top)
+    assert out["AP50/trouser"] == pytest.approx(1.0) and out["AP/trouser"] == pytest.approx(1.0)
+    assert out["AP50"] == pytest.approx((ap50_top + 1.0) / 2)  # the summary averages the same classes
+    none = _ap(gt, [[], [], []], per_class=True)
+    assert none == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AP/0": 0.0, "AP50/0": 0.0, "AP/1": 0.0, "AP50/1": 0.0}
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        _ap(gt, det, class_names=["top", "trouser"])
 
 
 def test_no_detections_is_zero_and_detections_outside_are_clipped():

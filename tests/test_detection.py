@@ -3,6 +3,7 @@
 
 import itertools
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -230,28 +231,31 @@ def test_center_head_grids_and_output_upsampling_against_numpy():
 
     vit = cls.build_model(cls.ModelConfig(**dict(TINY, width=24)), num_classes=0)
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)  # 4x4 tokens
-    shapes = {}
-    for upsample in ("features", "outputs", "none"):
+    grids = {}
+    for upsample in ("features", "outputs", "none"):  # shapes only: no compile
         model = CenterDetector(backbone=vit, num_classes=3, head_dim=8, upsample=upsample)
-        params = model.init(jax.random.PRNGKey(0), images)["params"]
-        (out, _), inter = model.apply({"params": params}, images, capture_intermediates=True)
-        shapes[upsample] = (out["heatmap"].shape, out["ltrb"].shape)
-        head = {k: v for k, v in params.items() if k != "backbone"}
+        params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
+        out = jax.eval_shape(model.apply, {"params": params}, images)[0]
+        grids[upsample] = (out["heatmap"].shape, out["ltrb"].shape)
         if upsample == "features":  # the original layout: checkpoints of earlier runs still load
-            assert params["upsample"]["kernel"].shape == (2, 2, 24, 8) and "project" not in head
-        if upsample == "outputs":
-            # Each token-grid cell's features h give a 2x2 block: out[2i+a, 2j+b] = relu(h) @ K[1-a, 1-b] + b.
-            k, bias = np.asarray(params["heatmap_out"]["kernel"]), np.asarray(params["heatmap_out"]["bias"])
-            assert k.shape == (2, 2, 8, 3)
-            np.testing.assert_allclose(bias, -2.19)
-            h = np.maximum(np.asarray(inter["intermediates"]["heatmap_conv"]["__call__"][0]), 0)
-            want = np.zeros((2, 8, 8, 3), np.float32)
-            for a, b in itertools.product(range(2), range(2)):
-                want[:, a::2, b::2] = h @ k[1 - a, 1 - b] + bias
-            np.testing.assert_allclose(out["heatmap"], want, rtol=1e-5, atol=1e-5)
-        assert float(jnp.min(out["ltrb"])) > 0  # distances stay positive
-    assert shapes == {"features": ((2, 8, 8, 3), (2, 8, 8, 4)), "outputs": ((2, 8, 8, 3), (2, 8, 8, 4)),
-                      "none": ((2, 4, 4, 3), (2, 4, 4, 4))}
+            assert params["upsample"]["kernel"].shape == (2, 2, 24, 8) and "project" not in params
+    assert grids == {"features": ((2, 8, 8, 3), (2, 8, 8, 4)), "outputs": ((2, 8, 8, 3), (2, 8, 8, 4)),
+                     "none": ((2, 4, 4, 3), (2, 4, 4, 4))}
+
+    # "outputs": each token-grid cell's features h give a 2x2 block of the output grid,
+    # out[2i+a, 2j+b] = relu(h) @ K[1-a, 1-b] + bias (flax's transposed conv, unflipped).
+    model = CenterDetector(backbone=vit, num_classes=3, head_dim=8, upsample="outputs")
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), images)["params"]
+    (out, _), inter = jax.jit(partial(model.apply, capture_intermediates=True))({"params": params}, images)
+    k, bias = np.asarray(params["heatmap_out"]["kernel"]), np.asarray(params["heatmap_out"]["bias"])
+    assert k.shape == (2, 2, 8, 3)
+    np.testing.assert_allclose(bias, -2.19)
+    h = np.maximum(np.asarray(inter["intermediates"]["heatmap_conv"]["__call__"][0]), 0)
+    want = np.zeros((2, 8, 8, 3), np.float32)
+    for a, b in itertools.product(range(2), range(2)):
+        want[:, a::2, b::2] = h @ k[1 - a, 1 - b] + bias
+    np.testing.assert_allclose(out["heatmap"], want, rtol=1e-5, atol=1e-5)
+    assert float(jnp.min(out["ltrb"])) > 0  # distances stay positive
     with pytest.raises(ValueError, match="upsample must be"):
         CenterDetector(backbone=vit, num_classes=3, upsample="bilinear").init(jax.random.PRNGKey(0), images)
 

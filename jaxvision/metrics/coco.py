@@ -57,9 +57,11 @@ def _check_labels(labels, valid, what, num_classes):
 
 
 def coco_box_ap(gt_boxes, gt_labels, gt_valid, det_boxes, det_scores, det_labels, det_valid, *,
-                image_size: tuple[int, int], num_classes: int, tolerance: float = 0.5) -> dict:
+                image_size: tuple[int, int], num_classes: int, tolerance: float = 0.5, class_names=None) -> dict:
     """AP (IoU 0.50:0.95), AP50 and AP75 of COCOeval's "bbox" protocol (101-point
-    interpolated precision, at most 100 detections per image).
+    interpolated precision, at most 100 detections per image), and per class with ground
+    truth "AP/<class>" and "AP50/<class>" (COCOeval's per-category precision, averaged as
+    its summary averages the categories; `class_names` name them, else "0", "1", ...).
 
     gt_boxes [N, K, 4], gt_labels [N, K], gt_valid [N, K] (padding False); det_boxes
     [N, D, 4], det_scores [N, D], det_labels [N, D], det_valid [N, D]. Pixels, xyxy.
@@ -93,8 +95,13 @@ def coco_box_ap(gt_boxes, gt_labels, gt_valid, det_boxes, det_scores, det_labels
                   "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
+    names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
     if not det_valid.any():
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+        present = sorted(set(gt_labels[gt_valid].tolist()))
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, **{f"AP/{names[c]}": 0.0 for c in present},
+                **{f"AP50/{names[c]}": 0.0 for c in present}}
 
     clipped = det_boxes.copy()
     clipped[..., 0::2] = np.clip(clipped[..., 0::2], 0, w)
@@ -109,4 +116,13 @@ def coco_box_ap(gt_boxes, gt_labels, gt_valid, det_boxes, det_scores, det_labels
         ev.accumulate()
         ev.summarize()
     ap, ap50, ap75 = (max(float(s), 0.0) for s in ev.stats[:3])  # -1: nothing to measure
-    return {"AP": ap, "AP50": ap50, "AP75": ap75}
+    out = {"AP": ap, "AP50": ap50, "AP75": ap75}
+    # precision [IoU thresholds, recall points, categories, area ranges, max dets]: area
+    # "all" and 100 detections, as the summary; -1 marks a category without ground truth.
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+    for c, cat in enumerate(ev.params.catIds):
+        p = precision[:, :, c]
+        if (p > -1).any():
+            out[f"AP/{names[cat - 1]}"] = float(p[p > -1].mean())
+            out[f"AP50/{names[cat - 1]}"] = float(p[0][p[0] > -1].mean())
+    return out

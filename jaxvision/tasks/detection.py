@@ -197,8 +197,9 @@ def make_task(model, tx, *, image_shape, detr: DetrConfig, num_eval: int, init_p
     return loop.Task(init=init, train_step=train_step, eval_step=eval_step, progress_metrics=("loss", "loss_giou"))
 
 
-def coco_finalize(num_classes: int, canvas):
-    """totals (the summed eval buffers) -> COCO AP / AP50 / AP75, boxes in `canvas` pixels."""
+def coco_finalize(num_classes: int, canvas, class_names=None):
+    """totals (the summed eval buffers) -> COCO AP / AP50 / AP75 and per class
+    "AP/<name>", "AP50/<name>", boxes in `canvas` pixels."""
     h, w = canvas
     scale = np.array([w, h, w, h], np.float64)
 
@@ -211,7 +212,8 @@ def coco_finalize(num_classes: int, canvas):
         metrics = coco_box_ap(
             t["gt_boxes"] * scale, np.rint(t["gt_labels"]).astype(int), t["gt_valid"] > 0.5,
             t["det_boxes"] * scale, t["det_scores"], np.rint(t["det_labels"]).astype(int),
-            np.ones(t["det_scores"].shape, bool), image_size=(h, w), num_classes=num_classes)
+            np.ones(t["det_scores"].shape, bool), image_size=(h, w), num_classes=num_classes,
+            class_names=class_names)
         return {**metrics, "images": float(seen.size), "detections_per_image": float(q)}
 
     return finalize
@@ -280,6 +282,12 @@ def object_classes(source) -> int:
     return len(names) - 1 if names and names[0] == "background" else source.num_classes
 
 
+def object_class_names(source):
+    """The names of a dense source's object classes (background left out), or None."""
+    names = source.class_names
+    return list(names[1:] if names and names[0] == "background" else names) or None
+
+
 def plot_predictions(cfg: DetectionConfig, workdir, n: int = 6, *, score_threshold: float = 0.5):
     """image | ground truth | prediction (boxes with class names and scores) for the first
     `n` scenes of the eval split, from the run's newest checkpoint -> workdir/plots/detections.png."""
@@ -298,8 +306,7 @@ def plot_predictions(cfg: DetectionConfig, workdir, n: int = 6, *, score_thresho
                                          image_size=cfg.data.image_size, max_objects=cfg.data.max_objects)))
     outputs, _ = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, batch["image"])
     boxes, scores, labels = (np.asarray(a) for a in postprocess(outputs, cfg.center_detections))
-    names = data.dense_source(cfg.data.dataset).class_names
-    names = names[1:] if names and names[0] == "background" else None
+    names = object_class_names(data.dense_source(cfg.data.dataset))
     path = plot_detection(batch["image"], batch["boxes"], batch["labels"], batch["valid"],
                           np.clip(boxes[..., [1, 0, 3, 2]], 0, 1), labels, scores,
                           Path(workdir) / "plots" / "detections.png", class_names=names,
@@ -333,7 +340,8 @@ def run(cfg: DetectionConfig, workdir) -> dict:
             return {**params, "backbone": merge_params(params["backbone"], loaded)}
     task = make_task(model, tx, image_shape=image_shape, detr=cfg.detr, num_eval=num_eval, init_params=init_params,
                      learning_rate=lr, axis_name=form.axis_name, detections=cfg.center_detections)
-    task = dataclasses.replace(task, finalize=coco_finalize(num_classes, canvas))
+    names = object_class_names(data.dense_source(cfg.data.dataset))
+    task = dataclasses.replace(task, finalize=coco_finalize(num_classes, canvas, names))
     common = dict(data_dir=cfg.data.data_dir, image_size=cfg.data.image_size, max_objects=cfg.data.max_objects,
                   global_batch_size=cfg.global_batch_size)
 
