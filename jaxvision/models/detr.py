@@ -153,6 +153,7 @@ class CenterDetector(nn.Module):
             x = nn.ConvTranspose(self.head_dim, (2, 2), strides=(2, 2), dtype=self.dtype, name="upsample")(x)
         else:
             x = nn.Dense(self.head_dim, dtype=self.dtype, name="project")(x)
+        # One name for the norm in every form: "features" checkpoints of earlier runs load as they were.
         x = nn.gelu(nn.LayerNorm(name="upsample_norm")(x))
         outputs = {}
         # Heatmap bias: sigmoid prior 0.1 (CenterNet's -2.19), so the focal loss starts calm.

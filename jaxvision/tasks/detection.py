@@ -84,7 +84,7 @@ class DetectionConfig(loop.LoopConfig):
     # backbone; None: from scratch. The backbone's architecture then comes from that run.
     init: str | None = None
     # "detr": set prediction (queries, Hungarian matching); "center": the dense anchor-free
-    # alternative (CenterNet heatmaps on the upsampled token grid), `center_*` fields.
+    # alternative (CenterNet heatmaps on the token grid or a 2x grid), `center_*` fields.
     head: str = "detr"
     center_head_dim: int = 64
     # Where the head reaches its 2x output grid (`models.detr.CenterDetector.upsample`):
