@@ -84,6 +84,23 @@ def test_unet_shapes_padding_and_options():
     assert "batch_stats" not in jax.eval_shape(raw.init, key(), odd)
 
 
+def test_unet_resize_conv_decoder_has_no_checkerboard():
+    # A constant image through one level (conv 4x4 s2, then the decoder's upsampling): a
+    # stride-2 transposed conv gives its 2x2 output phases different kernel taps, so the
+    # interior alternates (checkerboard, Odena et al. 2016); nearest resize + conv 3x3 does not.
+    x = jnp.ones((1, 16, 16, 1))
+    interior = {}
+    for method in ("transpose", "resize_conv"):
+        u = UNet(image_size=16, width=4, depth=1, norm="none", dropout=0.0, output_activation=None, upsample=method)
+        v = u.init(key(), x)
+        assert ("kernel" in v["params"]["up0"]) == (method == "transpose")  # the paper's names kept
+        interior[method] = np.asarray(u.apply(v, x))[0, 4:12, 4:12, 0]
+    assert np.ptp(interior["transpose"]) > 1e-3
+    assert np.ptp(interior["resize_conv"]) < 1e-6
+    with pytest.raises(ValueError, match="upsample='bilinear'"):
+        UNet(image_size=16, width=2, upsample="bilinear").init(key(), x)
+
+
 def _support_width(fn, x, i, j):
     grad = np.abs(np.asarray(jax.jit(jax.grad(lambda x: fn(x)[0, i, j, 0]))(x)))[0, :, :, 0]
     rows, cols = np.nonzero(grad > 0)

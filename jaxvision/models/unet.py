@@ -15,7 +15,10 @@ Sizing by the image size: ``depth = ceil(log2(image_size))`` (down to 1x1), capp
 ``2**depth`` and the output cropped back (Fashion-MNIST's 28 px run at 32 with depth 5).
 
 Options for other uses (segmentation baselines): ``out_channels`` and
-``output_activation=None`` (raw logits, no tanh).
+``output_activation=None`` (raw logits, no tanh). ``upsample``: how the decoder doubles the
+size, "transpose" (the paper's, under its original parameter names) or "resize_conv" /
+"subpixel" (``models.dcgan.Upsample2x``: no checkerboard pattern, which an adversarial
+loss otherwise sharpens into the completed region).
 
 Variables: ``params`` and, with ``norm="batch"``, ``batch_stats``. Train:
 ``U.apply(vars, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})``
@@ -31,6 +34,7 @@ from typing import Any
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxvision.models.dcgan import UPSAMPLERS, Upsample2x
 from jaxvision.models.norms import NORMS, norm_layer
 
 _init = nn.initializers.normal(stddev=0.02)
@@ -54,6 +58,7 @@ class UNet(nn.Module):
     dropout: float = 0.5  # on the three innermost decoder layers; 0 turns it off
     norm: str = "batch"
     output_activation: str | None = "tanh"
+    upsample: str = "transpose"  # or "resize_conv", "subpixel": see the module docstring
     dtype: Any = jnp.float32
 
     @property
@@ -66,6 +71,8 @@ class UNet(nn.Module):
             raise ValueError(f"norm={self.norm!r}: choose one of {NORMS}")
         if self.output_activation not in (None, "tanh"):
             raise ValueError(f"output_activation={self.output_activation!r}: use 'tanh' or None")
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample={self.upsample!r}: choose one of {UPSAMPLERS}")
         if x.ndim != 4:
             raise ValueError(f"U-Net expects NHWC images, got shape {x.shape}")
         depth = self.num_levels
@@ -93,9 +100,13 @@ class UNet(nn.Module):
         for i in reversed(range(depth)):  # level i's decoder maps to the size of encoder level i-1
             outermost = i == 0
             h = nn.relu(h)
-            h = nn.ConvTranspose(self.out_channels if outermost else feats(i - 1), (4, 4), strides=(2, 2),
-                                 padding="SAME", kernel_init=_init, use_bias=bias or outermost, dtype=self.dtype,
-                                 name=f"up{i}")(h)
+            features, use_bias = self.out_channels if outermost else feats(i - 1), bias or outermost
+            if self.upsample == "transpose":
+                h = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_init,
+                                     use_bias=use_bias, dtype=self.dtype, name=f"up{i}")(h)
+            else:
+                h = Upsample2x(features, self.upsample, use_bias=use_bias, kernel_init=_init, dtype=self.dtype,
+                               name=f"up{i}")(h)
             if outermost:
                 break
             h = norm_layer(self.norm, train, f"up_norm{i}")(h)

@@ -49,6 +49,7 @@ class Pix2PixModelConfig:
     d_layers: int | None = None  # None: sized by the image (models.patchgan.layers_for_image_size)
     dropout: float = 0.5
     norm: str = "batch"
+    upsample: str = "transpose"  # G's decoder: "transpose" (the paper's), "resize_conv", "subpixel"
     image_size: int | None = None  # recorded by run(): the dataset's size
     channels: int | None = None  # recorded by run()
 
@@ -83,7 +84,7 @@ def build_networks(cfg: Pix2PixModelConfig, image_size: int, channels: int):
     from jaxvision.models.unet import UNet
 
     return (UNet(image_size=image_size, out_channels=channels, width=cfg.g_width, depth=cfg.g_depth,
-                 dropout=cfg.dropout, norm=cfg.norm),
+                 dropout=cfg.dropout, norm=cfg.norm, upsample=cfg.upsample),
             PatchGAN(image_size=image_size, width=cfg.d_width, n_layers=cfg.d_layers, norm=cfg.norm))
 
 
