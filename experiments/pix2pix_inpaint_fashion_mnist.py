@@ -170,7 +170,8 @@ def main(argv=None):
 
     targets = np.concatenate([b["target"][b["mask"]] for b in pix2pix.eval_batches(cfg.data, cfg.fd_num_images)])
     fd, fid = _fd_evaluator(cfg, targets), _fid_evaluator(cfg)
-    fid_note = f"FID of {cfg.fid_samples}" if fid else "n/a: no FID-Inception weights"
+    fid_note = ("not measured (fid_samples=0)" if not cfg.fid_samples else
+                f"FID of {cfg.fid_samples}" if fid else "n/a: no FID-Inception weights")
     methods = {
         "harmonic fill (NumPy)": lambda b: harmonic_fill_batch(b["masked"], b["hole"]),
         "U-Net, L1 only": pix2pix.load_completer(workdir / "l1")[0],
