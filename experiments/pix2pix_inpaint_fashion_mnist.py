@@ -42,6 +42,14 @@ epoch the gap is within what the choice of weights moves, so no winner can be cl
 D wins early (D(real) 0.93, D(fake) 0.06 at step 1000); longer training, within the
 30-minute budget (this run used 8 minutes), is the next thing to measure.
 
+With --config.total_steps=3000 (2026-12-03, 2-core AMD EPYC with another run sharing the
+CPU, 8-11 min per training; FD-ViT classifier: the main job's full run, 91.21%, so FD-ViT
+differs in scale from the table above; FID of 2,000 images): L1 only PSNR 17.41 dB, FD-ViT
+0.330, FID 21.83; pix2pix 17.34 dB, FD-ViT 0.316, FID 22.27. pix2pix wins on FD-ViT and
+loses on FID, also with a 34 px D (--config.model.d_layers=2: 0.289, 22.52), with EMA
+weights, and with a resize-conv decoder (--config.model.upsample=resize_conv): not met.
+docs/image_to_image.md has the table.
+
 Override any field: --config.total_steps=500 --config.model.g_width=16
 """
 
