@@ -223,6 +223,46 @@ def test_steps_train_both_networks_and_kill_and_resume_is_bit_identical(gan_task
     assert tree_equal(_restore(gan_task, tiny_run), _restore(gan_task, tmp_path / "killed"))
 
 
+def test_recomputed_batch_stats_are_those_of_the_given_weights_without_dropout():
+    # Depth 3: a BatchNorm in the encoder (down_norm1) and two with dropout after them.
+    g, _ = pix2pix.build_networks(dataclasses.replace(TINY, g_depth=3), SIZE, 1)
+    b1, b2 = ({k: jnp.asarray(v) for k, v in next(inpaint_data(s, batch=8)).items()} for s in (20, 21))
+    variables = g.init(key(3), pix2pix.model_input(b1), train=False)
+    params = jax.tree_util.tree_map(lambda p: p * 25.0, variables["params"])  # features of order 1
+    far = jax.tree_util.tree_map(lambda s: s + 3.0, variables["batch_stats"])  # far from anything
+    one = pix2pix.recompute_batch_stats(g, params, far, [b1])
+    assert jax.tree_util.tree_structure(one) == jax.tree_util.tree_structure(far)
+    # BatchNorm's definition: in inference mode with these statistics G reproduces the
+    # train-mode (batch-statistics) output of the same batch without dropout ...
+    no_dropout = g.clone(dropout=0.0)
+    train_out, _ = no_dropout.apply({"params": params, "batch_stats": far}, pix2pix.model_input(b1), train=True,
+                                    mutable=["batch_stats"])
+    inference = g.apply({"params": params, "batch_stats": one}, pix2pix.model_input(b1), train=False)
+    np.testing.assert_allclose(inference, train_out, atol=2e-5)
+    assert np.abs(np.asarray(g.apply({"params": params, "batch_stats": far}, pix2pix.model_input(b1),
+                                     train=False)) - np.asarray(train_out)).max() > 0.1
+    # ... and the given running statistics do not matter at all.
+    other = jax.tree_util.tree_map(lambda s: s * 7.0, far)
+    assert tree_equal(pix2pix.recompute_batch_stats(g, params, other, [b1]), one)
+    # Over two batches, the first BatchNorm (whose input no other norm touches) gets the
+    # statistics of the two batches together: against NumPy on the conv features.
+    two = pix2pix.recompute_batch_stats(g, params, far, [b1, b2])
+    x = np.concatenate([pix2pix.model_input(b) for b in (b1, b2)])
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")  # 12 px to a multiple of 2**3
+    h = np.asarray(jax.lax.conv_general_dilated(
+        jnp.asarray(x, jnp.float32), params["down0"]["kernel"], (2, 2), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")), np.float64) + np.asarray(params["down0"]["bias"])
+    h = np.where(h > 0, h, 0.2 * h)
+    h = np.asarray(jax.lax.conv_general_dilated(
+        jnp.asarray(h, jnp.float32), params["down1"]["kernel"], (2, 2), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC")), np.float64)
+    np.testing.assert_allclose(two["down_norm1"]["mean"], h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(two["down_norm1"]["var"], h.var((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    assert pix2pix.recompute_batch_stats(g, params, {}, [b1]) == {}  # no BatchNorm: nothing to do
+    with pytest.raises(ValueError, match="no batches"):
+        pix2pix.recompute_batch_stats(g, params, far, [])
+
+
 # --- the inpaint app ---------------------------------------------------------------------
 
 from PIL import Image  # noqa: E402
@@ -249,6 +289,31 @@ def test_inpaint_app_fills_only_the_hole_at_any_size(tiny_run, tmp_path):
         assert result.shape == (30, 21)
         np.testing.assert_array_equal(result[mask == 0], pixels[mask == 0])  # known pixels untouched
         assert not np.array_equal(result[mask > 0], np.full((mask > 0).sum(), 128))  # the hole was filled
+
+
+def test_ema_completer_uses_the_ema_weights_with_statistics_of_their_own(tiny_run, tfds_data_dir, tmp_path):
+    from jaxvision.train import load_params
+
+    (raw, cfg), (ema, _) = (pix2pix.load_completer(tiny_run, weights=w, calibration_images=256)
+                            for w in pix2pix.WEIGHTS)
+    g, _ = pix2pix.build_networks(cfg.model, SIZE, 1)
+    ema_params = load_params(tiny_run, collection="extra")["ema"]
+    stats = pix2pix.recompute_batch_stats(g, ema_params, load_params(tiny_run, collection="model_state")["generator"],
+                                          pix2pix.calibration_batches(cfg.data, 256))
+    batch = {k: jnp.asarray(v) for k, v in next(inpaint_data(30)).items()}
+    np.testing.assert_allclose(ema(batch), pix2pix.complete(g, ema_params, stats, batch), atol=1e-6)  # jit rounding
+    assert not np.array_equal(ema(batch), raw(batch))
+    with pytest.raises(ValueError, match="choose one of"):
+        pix2pix.load_completer(tiny_run, weights="average")
+    with pytest.raises(ValueError, match="multiple of 256"):
+        pix2pix.load_completer(tiny_run, weights="ema", calibration_images=100)
+    pixels = np.random.default_rng(2).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[2:6, 3:8] = 255
+    out = tmp_path / "ema.png"
+    assert app.main(["--run", str(tiny_run), "--image", _png(tmp_path / "i.png", pixels), "--mask",
+                     _png(tmp_path / "m.png", mask), "--out", str(out), "--weights", "ema", "--no-progress"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out))[mask == 0], pixels[mask == 0])
 
 
 def test_inpaint_app_refuses_bad_input(tiny_run, tmp_path, capsys):

@@ -147,12 +147,15 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", default="resize", choices=MODES, help="How an image of another size is handled.")
     parser.add_argument("--convert", action="store_true", help="Convert a colour image for a grayscale run "
                         "(or the reverse) instead of refusing it.")
+    parser.add_argument("--weights", default="generator", choices=("generator", "ema"),
+                        help="G's own weights, or their exponential moving average with BatchNorm statistics "
+                        "recomputed for it on the run's first 1024 training images (needs the run's dataset).")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     from jaxvision.tasks import pix2pix
 
     try:
-        complete, cfg = pix2pix.load_completer(args.run)
+        complete, cfg = pix2pix.load_completer(args.run, weights=args.weights)
         image = read_image(args.image, cfg.model.channels, args.convert)
         hole = read_mask(args.mask, image.shape)
         out = inpaint(complete, image, hole, cfg.model.image_size, args.mode, progress=not args.no_progress)

@@ -56,6 +56,7 @@ class UNet(nn.Module):
     depth: int | None = None  # None: depth_for_image_size(image_size)
     max_depth: int = 8
     dropout: float = 0.5  # on the three innermost decoder layers; 0 turns it off
+    bn_momentum: float = 0.9  # norm="batch": the running averages' momentum (0: the batch's own)
     norm: str = "batch"
     output_activation: str | None = "tanh"
     upsample: str = "transpose"  # or "resize_conv", "subpixel": see the module docstring
@@ -93,7 +94,7 @@ class UNet(nn.Module):
             h = nn.Conv(feats(i), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), kernel_init=_init,
                         use_bias=bias or i == 0 or innermost, dtype=self.dtype, name=f"down{i}")(h)
             if 0 < i and not innermost:
-                h = norm_layer(self.norm, train, f"down_norm{i}")(h)
+                h = norm_layer(self.norm, train, f"down_norm{i}", self.bn_momentum)(h)
             skips.append(h)
 
         h = skips.pop()
@@ -109,7 +110,7 @@ class UNet(nn.Module):
                                name=f"up{i}")(h)
             if outermost:
                 break
-            h = norm_layer(self.norm, train, f"up_norm{i}")(h)
+            h = norm_layer(self.norm, train, f"up_norm{i}", self.bn_momentum)(h)
             if self.dropout and depth - 1 - i < 3:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
             h = jnp.concatenate([h, skips.pop()], axis=-1)

@@ -230,11 +230,61 @@ def run(cfg: Pix2PixConfig, workdir) -> dict:
                       config=config_lib.to_dict(cfg), **cfg.loop_args())
 
 
-def load_completer(workdir):
+def recompute_batch_stats(generator, params, batch_stats, batches):
+    """G's BatchNorm statistics recomputed for `params` over `batches` (equal-sized masked
+    batches), as inference runs G: without dropout. The running averages a run keeps belong
+    to its raw weights (seen through dropout), so they mis-normalise other weights, e.g. the
+    EMA's. Per BatchNorm: the mean of the batches' means and the pooled (biased) variance,
+    each batch normalised by its own statistics on the way (precise BN, Wu & Johnson 2021).
+    `batch_stats` only gives the structure; without BatchNorm it is returned as is."""
+    if not jax.tree_util.tree_leaves(batch_stats):
+        return batch_stats
+    calibrate = generator.clone(bn_momentum=0.0, dropout=0.0)
+
+    @jax.jit
+    def stats_of(batch):
+        _, updates = calibrate.apply({"params": params, "batch_stats": batch_stats}, model_input(batch), train=True,
+                                     mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    sums, count = None, 0
+    for batch in batches:
+        stats = stats_of(batch)
+        # Per BatchNorm dict: E[x] and E[x^2] of this batch, summed over batches.
+        moments = jax.tree_util.tree_map(lambda d: (d["mean"], d["var"] + d["mean"] ** 2), stats,
+                                         is_leaf=lambda d: isinstance(d, dict) and "mean" in d)
+        sums = moments if sums is None else jax.tree_util.tree_map(jnp.add, sums, moments)
+        count += 1
+    if not count:
+        raise ValueError("recompute_batch_stats got no batches: pass at least one masked batch.")
+    return jax.tree_util.tree_map(lambda m: {"mean": m[0] / count, "var": m[1] / count - (m[0] / count) ** 2},
+                                  sums, is_leaf=lambda m: isinstance(m, tuple))
+
+
+WEIGHTS = ("generator", "ema")
+
+
+def calibration_batches(data_cfg: InpaintDataConfig, num_images: int, batch_size: int = 256):
+    """The first `num_images` train images (a multiple of `batch_size`) with their holes
+    (image i gets mask index i), in equal batches: the data G's statistics are recomputed on."""
+    from jaxvision import data
+
+    if num_images < batch_size or num_images % batch_size:
+        raise ValueError(f"Calibration takes a positive multiple of {batch_size} images, got {num_images}.")
+    batches = data.eval_batches(data_cfg.dataset, f"{data_cfg.train_split}[:{num_images}]",
+                                global_batch_size=batch_size, data_dir=data_cfg.data_dir)
+    return _with_masks(batches, data_cfg, 0)
+
+
+def load_completer(workdir, weights: str = "generator", calibration_images: int = 1024):
     """(complete_fn(batch) -> completed images, config) of a pix2pix run: its config.json
-    and newest checkpoint's G weights and BatchNorm statistics."""
+    and newest checkpoint's G weights and BatchNorm statistics. `weights="ema"`: G's
+    exponential moving average instead, with BatchNorm statistics recomputed for it on the
+    first `calibration_images` train images (`recompute_batch_stats`)."""
     from jaxvision.train import load_params
 
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: choose one of {WEIGHTS} (G's own weights or their EMA).")
     workdir = Path(workdir)
     config = workdir / "config.json"
     if not config.is_file():
@@ -243,9 +293,14 @@ def load_completer(workdir):
     cfg = config_lib.from_dict(Pix2PixConfig, json.loads(config.read_text()))
     if cfg.model.image_size is None or cfg.model.channels is None:
         raise ValueError(f"{config} records no image size/channels: it is not a pix2pix run's config.")
-    params = load_params(workdir, collection="params")[G]
     batch_stats = load_params(workdir, collection="model_state")[G]
     generator, _ = build_networks(cfg.model, cfg.model.image_size, cfg.model.channels)
+    if weights == "ema":
+        params = load_params(workdir, collection="extra")["ema"]
+        batch_stats = recompute_batch_stats(generator, params, batch_stats,
+                                            calibration_batches(cfg.data, calibration_images))
+    else:
+        params = load_params(workdir, collection="params")[G]
     fn = jax.jit(lambda batch: complete(generator, params, batch_stats, batch))
     return fn, cfg
 
