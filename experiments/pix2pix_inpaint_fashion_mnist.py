@@ -83,6 +83,9 @@ class ExperimentConfig(pix2pix.Pix2PixConfig):
     fd_classifier_steps: int = 1000  # when the classifier must be trained first
     fd_num_images: int = 5000  # the first test images: all metrics and FD-ViT are over these
     fid_samples: int = 1000  # FID is slow on CPU: a documented smaller count
+    # Which weights of the two U-Nets are scored: "generator" (their own) or "ema" (their
+    # moving average, BatchNorm statistics recomputed for it: pix2pix.load_completer).
+    weights: str = "generator"
 
 
 def get_config(preset: str = "compare") -> ExperimentConfig:
@@ -170,6 +173,8 @@ def table(rows: dict, fid_note: str) -> str:
 
 def main(argv=None):
     cfg, args = cli.parse(argv, get_config, PRESETS, description=__doc__)
+    if cfg.weights not in pix2pix.WEIGHTS:  # before hours of training, not after
+        raise SystemExit(f"error: --config.weights={cfg.weights!r}: choose one of {pix2pix.WEIGHTS}.")
     workdir = Path(args.workdir)
     trained = {}
     for name, adversarial in (("l1", False), ("pix2pix", True)):
@@ -182,19 +187,21 @@ def main(argv=None):
                 f"FID of {cfg.fid_samples}" if fid else "n/a: no FID-Inception weights")
     methods = {
         "harmonic fill (NumPy)": lambda b: harmonic_fill_batch(b["masked"], b["hole"]),
-        "U-Net, L1 only": pix2pix.load_completer(workdir / "l1")[0],
-        "pix2pix (U-Net + PatchGAN)": pix2pix.load_completer(workdir / "pix2pix")[0],
+        "U-Net, L1 only": pix2pix.load_completer(workdir / "l1", weights=cfg.weights)[0],
+        "pix2pix (U-Net + PatchGAN)": pix2pix.load_completer(workdir / "pix2pix", weights=cfg.weights)[0],
     }
     rows = {name: score(name, fn, cfg, fd, fid) for name, fn in methods.items()}
     text = table(rows, fid_note)
     gan, l1 = rows["pix2pix (U-Net + PatchGAN)"], rows["U-Net, L1 only"]
-    verdict = (f"pix2pix vs L1 only: FD-ViT {gan['fd_vit']:.3f} vs {l1['fd_vit']:.3f}, "
-               f"PSNR {gan['hole_psnr'] - l1['hole_psnr']:+.2f} dB")
+    verdict = (f"pix2pix vs L1 only ({cfg.weights} weights): FD-ViT {gan['fd_vit']:.3f} vs {l1['fd_vit']:.3f}, "
+               f"PSNR {gan['hole_psnr'] - l1['hole_psnr']:+.2f} dB"
+               + (f", FID {gan['fid']:.2f} vs {l1['fid']:.2f}" if "fid" in gan else ""))
     print(text, "\n" + verdict)
-    (workdir / "comparison.md").write_text(text + "\n\n" + verdict + "\n")
-    (workdir / "comparison.json").write_text(json.dumps({"methods": rows, "training": trained,
-                                                         "fd_floor": gan.get("fd_vit_floor_train_images")},
-                                                        indent=2))
+    # Each choice of weights has its own files: scoring the EMA never overwrites the other.
+    stem = "comparison" if cfg.weights == "generator" else f"comparison_{cfg.weights}"
+    (workdir / f"{stem}.md").write_text(text + "\n\n" + verdict + "\n")
+    (workdir / f"{stem}.json").write_text(json.dumps({"methods": rows, "training": trained, "weights": cfg.weights,
+                                                      "fd_floor": gan.get("fd_vit_floor_train_images")}, indent=2))
     return rows
 
 
