@@ -307,6 +307,8 @@ def test_ema_completer_uses_the_ema_weights_with_statistics_of_their_own(tiny_ru
         pix2pix.load_completer(tiny_run, weights="average")
     with pytest.raises(ValueError, match="multiple of 256"):
         pix2pix.load_completer(tiny_run, weights="ema", calibration_images=100)
+    with pytest.raises(ValueError, match="fewer than 512 images"):
+        list(pix2pix.calibration_batches(dataclasses.replace(cfg.data, train_split="train[:300]"), 512))
     pixels = np.random.default_rng(2).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[2:6, 3:8] = 255

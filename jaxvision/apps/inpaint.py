@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         image = read_image(args.image, cfg.model.channels, args.convert)
         hole = read_mask(args.mask, image.shape)
         out = inpaint(complete, image, hole, cfg.model.image_size, args.mode, progress=not args.no_progress)
-    except (InpaintError, FileNotFoundError) as err:
+    except (InpaintError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     write_image(args.out, out)

@@ -271,9 +271,17 @@ def calibration_batches(data_cfg: InpaintDataConfig, num_images: int, batch_size
 
     if num_images < batch_size or num_images % batch_size:
         raise ValueError(f"Calibration takes a positive multiple of {batch_size} images, got {num_images}.")
-    batches = data.eval_batches(data_cfg.dataset, f"{data_cfg.train_split}[:{num_images}]",
-                                global_batch_size=batch_size, data_dir=data_cfg.data_dir)
-    return _with_masks(batches, data_cfg, 0)
+    split = data_cfg.train_split
+    split = split if "[" in split else f"{split}[:{num_images}]"  # a sliced split: its first images
+    batches = data.eval_batches(data_cfg.dataset, split, global_batch_size=batch_size, data_dir=data_cfg.data_dir)
+
+    def checked():
+        for batch in _first(_with_masks(batches, data_cfg, 0), num_images):
+            if not np.all(batch["mask"]):  # padding rows would bias the statistics
+                raise ValueError(f"{data_cfg.dataset}:{data_cfg.train_split} has fewer than {num_images} images: "
+                                 f"calibrate on fewer (calibration_images, a multiple of {batch_size}).")
+            yield batch
+    return checked()
 
 
 def load_completer(workdir, weights: str = "generator", calibration_images: int = 1024):
