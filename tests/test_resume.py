@@ -1,5 +1,7 @@
 """Preemption and crashes: a run killed at a random step (SIGKILL) or preempted
-(SIGTERM) and restarted in the same workdir ends bit-identical to one never stopped."""
+(SIGTERM) and restarted in the same workdir ends bit-identical to one never stopped:
+the ViT experiment, and the image-to-image GAN experiments (pix2pix with its two
+trainings, CycleGAN with its image pools) killed by a real SIGKILL mid-training."""
 
 import json
 import os
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from orbax import checkpoint as ocp
 
 from helpers import tree_difference
 from jaxvision.train import load_params
@@ -43,15 +46,17 @@ def finished_checkpoints(workdir):
     return [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
 
 
-def interrupt(args, workdir, data_dir, sig, at_step):
-    """Start a run, send `sig` once it has logged step `at_step` and finished a checkpoint
-    (so the restart has one to resume from), wait for it to die."""
+def interrupt(args, workdir, data_dir, sig, at_step, stage=""):
+    """Start a run, send `sig` once it (its `stage` subfolder, for experiments of several
+    trainings) has logged step `at_step` and finished a checkpoint (so the restart has one
+    to resume from), wait for it to die."""
     proc = subprocess.Popen(command(args, workdir, data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    log = Path(workdir) / "metrics.jsonl"
+    watched = Path(workdir) / stage
+    log = watched / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if log.exists() and finished_checkpoints(workdir) and any(
+        if log.exists() and finished_checkpoints(watched) and any(
                 json.loads(x)["step"] >= at_step for x in log.read_text().splitlines() if x):
             proc.send_signal(sig)
             break
@@ -101,3 +106,69 @@ def test_sigterm_saves_a_checkpoint_and_resumes_bit_identical(straight_vit, tmp_
     proc = run(VIT, tmp_path / "preempted", tfds_data_dir)
     assert f"Resuming from the checkpoint at step {saved}" in proc.stderr
     assert_identical(straight_vit, tmp_path / "preempted")
+
+
+# --- the image-to-image GAN experiments --------------------------------------------------------
+
+PIX2PIX = ["pix2pix_inpaint_fashion_mnist.py", "--config.total_steps=12", "--config.global_batch_size=8",
+           "--config.eval_every=0", "--config.model.g_width=4", "--config.model.d_width=4",
+           "--config.data.train_split=train[:256]", "--config.data.eval_batch_size=16",
+           "--config.fd_num_images=32", "--config.fid_samples=0", "--config.num_samples_grid=4"]
+CYCLEGAN = ["cyclegan_fashion_mnist.py", "--config.total_steps=12", "--config.global_batch_size=4",
+            "--config.sample_every=6", "--config.optim.lr_decay_steps=6", "--config.model.g_width=4",
+            "--config.model.d_width=4", "--config.model.num_blocks=1", "--config.loss.pool_size=6",
+            "--config.eval.num_images=16", "--config.eval.num_grid=2", "--config.eval.fid_images=0",
+            "--config.eval.classifier_workdir="]
+
+
+def newest_state(workdir):
+    """Every leaf of the newest finished checkpoint: parameters, optimiser states, BatchNorm
+    statistics, EMA, image pools, step and rng key."""
+    step = max(int(p.name) for p in finished_checkpoints(workdir))
+    return ocp.StandardCheckpointer().restore((Path(workdir) / "checkpoints" / str(step) / "state").absolute())
+
+
+def gan_log(workdir):
+    records = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records
+            if any(k.startswith("train/") for k in r)]
+
+
+def kill_mid_training_and_rerun(args, tmp_path, data_dir, stage, seed):
+    """The experiment run straight, and run again after a SIGKILL at a random step of its
+    `stage` training; every training folder of both ends with the same state and train log."""
+    at = random.Random(seed).randint(3, 8)
+    run(args, tmp_path / "straight", data_dir)
+    code, err = interrupt(args, tmp_path / "killed", data_dir, signal.SIGKILL, at, stage=stage)
+    assert code == -signal.SIGKILL, f"run ended before the kill at step {at} (seed {seed}): {err[-2000:]}"
+    assert not (tmp_path / "killed" / stage / "results.json").exists()  # killed before its training ended
+    proc = run(args, tmp_path / "killed", data_dir)
+    assert "Resuming from the checkpoint" in proc.stderr, f"killed at step {at} (seed {seed})"
+    for folder in sorted({p.parent.relative_to(tmp_path / "straight")
+                          for p in (tmp_path / "straight").rglob("checkpoints")}):
+        a, b = tmp_path / "straight" / folder, tmp_path / "killed" / folder
+        difference = tree_difference(newest_state(a), newest_state(b))
+        assert difference is None, f"{folder}, killed at step {at} (seed {seed}): {difference}"
+        assert gan_log(a) == gan_log(b), f"{folder}, killed at step {at} (seed {seed})"
+
+
+def test_pix2pix_experiment_killed_mid_training_reruns_to_the_same_results(straight_vit, tmp_path,
+                                                                           tfds_data_dir):
+    # Killed in its second training (pix2pix), after the L1-only U-Net has finished: the rerun
+    # keeps the finished one, resumes the other and scores both.
+    args = [*PIX2PIX, f"--config.fd_classifier_workdir={straight_vit}"]
+    kill_mid_training_and_rerun(args, tmp_path, tfds_data_dir, "pix2pix", seed=5)
+    rows = [json.loads((tmp_path / run / "comparison.json").read_text())["methods"] for run in ("straight", "killed")]
+    for row in rows:
+        for method in row.values():
+            del method["eval_seconds"]
+    assert rows[0] == rows[1] and len(rows[0]) == 3  # every method's L1, PSNR, SSIM and FD-ViT
+
+
+def test_cyclegan_experiment_killed_mid_training_resumes_with_its_image_pools(tmp_path, tfds_data_dir):
+    kill_mid_training_and_rerun(CYCLEGAN, tmp_path, tfds_data_dir, "", seed=7)
+    pools = newest_state(tmp_path / "killed")["extra"]["pool"]
+    assert {k: int(v["count"]) for k, v in pools.items()} == {"a": 6, "b": 6}  # full pools resumed
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("straight", "killed")]
+    for key in ("a2b_cycle_l1", "b2a_cycle_l1"):
+        assert results[0][key] == results[1][key], key
