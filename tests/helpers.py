@@ -1,5 +1,8 @@
 """Small shared pieces for the tests: a tiny ViT task on synthetic data."""
 
+import json
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -84,3 +87,11 @@ def assert_tree_equal(a, b):
 
 def as_jnp(batch):
     return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def train_log(workdir, train_only=False):
+    """A run's metrics.jsonl records with the timings (images per second) left out; with
+    `train_only`, only records holding a train/ metric (a classifier's or a GAN's)."""
+    records = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records
+            if not train_only or any(k.startswith("train/") for k in r)]

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import assert_tree_equal, synthetic_batch, synthetic_data, tiny_task, tiny_vit
+from helpers import assert_tree_equal, synthetic_batch, synthetic_data, tiny_task, tiny_vit, train_log
 from jaxvision.train import Checkpointer, load_params, loop
 from jaxvision.train import workdir as workdir_lib
 
@@ -27,11 +27,6 @@ def restore(task, wd):
     restored = checkpointer.restore(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
     checkpointer.close()
     return restored
-
-
-def train_log(wd):
-    records = [json.loads(x) for x in (Path(wd) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records]
 
 
 def eval_batches():

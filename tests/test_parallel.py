@@ -123,11 +123,6 @@ def _tiny_processes(workdir, *extra):
              str(i), *(extra[i] if i < len(extra) else [])] for i in range(2)]
 
 
-def _train_log(workdir):
-    records = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records]
-
-
 @pytest.fixture(scope="module")
 def two_processes_one_slow(tmp_path_factory):
     """10 steps on 2 processes; process 1 compiles its train step 35 s after process 0.
@@ -139,10 +134,12 @@ def two_processes_one_slow(tmp_path_factory):
 
 
 def test_a_process_compiling_much_later_still_meets_the_other(two_processes_one_slow):
+    from helpers import train_log
+
     workdir, outs = two_processes_one_slow
     results = [json.loads(out.split("RESULT ")[-1]) for out, _ in outs]
     assert [r["steps"] for r in results] == [10, 10]
-    assert [r["step"] for r in _train_log(workdir) if "train/loss" in r] == list(range(1, 11))
+    assert [r["step"] for r in train_log(workdir) if "train/loss" in r] == list(range(1, 11))
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(two_processes_one_slow, tmp_path):
@@ -150,7 +147,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(two_processes_one_sl
     agree through an all-process OR read one step later: both save step 6 (checkpoints
     fall every 4 steps, so this one is the preemption's), exit 143, and the resumed run
     ends bit for bit equal to the uninterrupted one."""
-    from helpers import assert_tree_equal
+    from helpers import assert_tree_equal, train_log
 
     from jaxvision.train import load_params
 
@@ -164,7 +161,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(two_processes_one_sl
     outs = _wait_all(workdir, _tiny_processes(workdir), _env(2))
     assert all("Resuming from the checkpoint at step 6" in err for _, err in outs)
     assert_tree_equal(load_params(workdir), load_params(straight))
-    assert _train_log(workdir) == _train_log(straight)
+    assert train_log(workdir) == train_log(straight)
 
 
 def test_unreachable_coordinator_is_a_clear_error():

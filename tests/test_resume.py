@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from orbax import checkpoint as ocp
 
-from helpers import tree_difference
+from helpers import train_log, tree_difference
 from jaxvision.train import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,19 +65,12 @@ def interrupt(args, workdir, data_dir, sig, at_step, stage=""):
     return proc.returncode, err
 
 
-def train_log(workdir):
-    """The training records (a classifier's or a GAN's train/ metrics), timings left out."""
-    records = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if "images_per_second" not in k} for r in records
-            if any(k.startswith("train/") for k in r)]
-
-
 def assert_identical(a, b, context=""):
     """Same parameter tree (structure and key paths first, then every leaf bit for bit)
     and the same train log."""
     difference = tree_difference(load_params(a), load_params(b))
     assert difference is None, f"{context}: {difference}"
-    assert train_log(a) == train_log(b), context
+    assert train_log(a, train_only=True) == train_log(b, train_only=True), context
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +138,7 @@ def kill_mid_training_and_rerun(args, tmp_path, data_dir, stage, seed):
         a, b = tmp_path / "straight" / folder, tmp_path / "killed" / folder
         difference = tree_difference(newest_state(a), newest_state(b))
         assert difference is None, f"{folder}, killed at step {at} (seed {seed}): {difference}"
-        assert train_log(a) == train_log(b), f"{folder}, killed at step {at} (seed {seed})"
+        assert train_log(a, train_only=True) == train_log(b, train_only=True), f"{folder}, killed at step {at} (seed {seed})"
 
 
 def test_pix2pix_experiment_killed_mid_training_reruns_to_the_same_results(straight_vit, tmp_path,
