@@ -105,6 +105,15 @@ def test_unknown_loss_is_refused():
         tiny_gan(loss="minimax")
 
 
+def test_fd_every_off_the_sampling_steps_is_refused(tmp_path):
+    from jaxvision.config import ConfigError
+
+    cfg = gan.GANConfig(sample_every=5000, fd=gan.FDConfig(every=11_000))
+    with pytest.raises(ConfigError, match="multiple of sample_every=5000"):
+        gan.run(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_fixed_noise_is_fixed():
     z1, y1 = gan.fixed_noise(0, 20, 8, 10)
     z2, y2 = gan.fixed_noise(0, 20, 8, 10)

@@ -202,6 +202,11 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
     FD-ViT classifier when `cfg.fd.classifier_workdir` holds none."""
     from jaxvision import data
 
+    if cfg.fd.every and (not cfg.sample_every or cfg.fd.every % cfg.sample_every):
+        raise config_lib.ConfigError(
+            f"fd.every={cfg.fd.every} is not a multiple of sample_every={cfg.sample_every}: FD-ViT runs where "
+            "samples are drawn, so it would run only at the end; set fd.every to a multiple of sample_every "
+            "(or 0: at the end only).")
     workdir = Path(workdir)
     needs = ("image", "label") if cfg.model.conditional else ("image",)
     info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir).require(*needs, purpose="The GAN")
