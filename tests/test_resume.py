@@ -138,7 +138,8 @@ def kill_mid_training_and_rerun(args, tmp_path, data_dir, stage, seed):
         a, b = tmp_path / "straight" / folder, tmp_path / "killed" / folder
         difference = tree_difference(newest_state(a), newest_state(b))
         assert difference is None, f"{folder}, killed at step {at} (seed {seed}): {difference}"
-        assert train_log(a, train_only=True) == train_log(b, train_only=True), f"{folder}, killed at step {at} (seed {seed})"
+        assert train_log(a, train_only=True) == train_log(b, train_only=True), \
+            f"{folder}, killed at step {at} (seed {seed})"
 
 
 def test_pix2pix_experiment_killed_mid_training_reruns_to_the_same_results(straight_vit, tmp_path,
