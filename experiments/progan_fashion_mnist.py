@@ -63,7 +63,7 @@ VM, 2-5 runs sharing it, 2026-12-04 (experiments/sweeps/results/progan_ablation.
 At 1/27 of the paper's images per phase, the paper's lr 1e-3 under equalized lr moves the
 weights too little: without equalized lr a 32-channel 3x3 layer's relative step is about 12x
 larger (Adam's step is lr in the stored weights, whose scale is sqrt(2 / fan_in) = 0.083
-instead of 1), and the recipe with lr 1e-2 closes most of that gap. Fade-in pays (+10 FID
+instead of 1), and the recipe with lr 1e-2 closes most of that gap. Fade-in pays (+7-10 FID
 without); minibatch stddev is within the seed-to-seed spread (3.6) here.
 `--preset small` (these widths, lr 1e-2, the FID of 2,000 above), run alone on the same VM:
 9.1 min of training, 13 min 42 s for the whole command, FID 44.06 bit for bit as above.

@@ -102,6 +102,18 @@ def test_fade_in_at_alpha_0_and_1_is_the_lower_and_higher_network_exactly(nets):
     np.testing.assert_allclose(g(gp, z, 0.25), 0.75 * g(gp, z, 0.0) + 0.25 * g(gp, z, 1.0), rtol=1e-5, atol=1e-6)
 
 
+def test_small_preset_is_the_measured_ablation_run():
+    """The FID the docs quote for --preset small is the recorded run's: the preset must stay
+    the default preset plus that run's overrides (re-measure before changing either)."""
+    record = os.path.join(os.path.dirname(progan_fashion_mnist.__file__), "sweeps", "results",
+                          "progan_ablation.jsonl")
+    rows = {r["name"]: r for r in map(json.loads, open(record))}
+    measured = config_lib.apply_overrides(progan_fashion_mnist.get_config(rows["lr1e-2"]["preset"]),
+                                          rows["lr1e-2"]["overrides"])
+    assert measured == progan_fashion_mnist.get_config("small")
+    assert measured != progan_fashion_mnist.get_config("default")
+
+
 def test_phases_alpha_and_images_follow_the_schedule():
     s = progan.ScheduleConfig(fade_images=100, stable_images=60, batch_sizes=(20, 20, 10))
     phases = progan.make_phases(s, 16, 99)
