@@ -113,6 +113,17 @@ def test_a_finished_run_started_again_keeps_its_results(tmp_path):
     assert {k: v for k, v in rebuilt.items() if k not in skip} == {k: v for k, v in first.items() if k not in skip}
 
 
+def test_evaluation_runs_at_the_listed_steps_and_the_periodic_ones_only(tmp_path):
+    """A progressive GAN's phase ends (coprime step counts) are evaluated without evaluating
+    (and logging) every step: the hook sees exactly those steps, the period and the last."""
+    seen = []
+    task = dataclasses.replace(tiny_task(), hooks=(lambda step, state: seen.append(step) or {},))
+    run(task, tmp_path, total_steps=11, log_every=50, eval_every=4, eval_steps=frozenset({3, 7}))
+    assert seen == [3, 4, 7, 8, 11]
+    logged = [r["step"] for r in train_log(tmp_path, train_only=True)]
+    assert logged == [3, 4, 6, 7, 8, 9, 11]  # evaluations and checkpoints (every 3), not every step
+
+
 def test_wall_seconds_total_adds_the_time_before_a_resume(tmp_path):
     task = tiny_task()
     with pytest.raises(KeyboardInterrupt):

@@ -25,7 +25,6 @@ steps from Adam's near-empty second moments), again as a function of the step.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -317,7 +316,7 @@ def run(cfg: ProGANConfig, workdir) -> dict:
                                    augment=cfg.data.augment, image_size=image_size, features=("image",))
 
     results = loop.train(task, workdir=workdir, train_data=train_data, global_batch_size=read_batch,
-                         eval_every=math.gcd(*ends), parallel_form=form, config=config_lib.to_dict(cfg),
+                         eval_steps=frozenset(ends), parallel_form=form, config=config_lib.to_dict(cfg),
                          **{**cfg.loop_args(), "total_steps": total})
     if primary:
         plot_growth(workdir, phases, total)

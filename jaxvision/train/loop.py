@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 import jax
 
@@ -100,6 +100,7 @@ def train(
     eval_prefix: str = "test",
     log_every: int = 50,
     eval_every: int = 0,
+    eval_steps: Collection[int] = (),
     checkpoint_every: int = 500,
     keep_checkpoints: int = 3,
     parallel_form="mesh",
@@ -115,6 +116,8 @@ def train(
     `parallel_form`: "mesh" (jit + NamedSharding), "pmap", or a strategy object from
     `jaxvision.train.parallel.make`; the task must be built with its `axis_name`.
     `prefetch_batches`: batches put on the devices ahead of the running step (0: none).
+    Evaluation runs every `eval_every` steps (0: never), at each step in `eval_steps`
+    (a progressive GAN's phase ends) and at the last step.
     Returns the results dict also written to `workdir/results.json`; a run that had
     already finished returns (and keeps) the results it had.
     """
@@ -161,7 +164,7 @@ def train(
                 bar.update(1)
                 stop = preemption.should_stop()  # read once: the save and the stop agree
                 save_due = step % checkpoint_every == 0 or step == total_steps or stop
-                eval_due = bool(eval_every and step % eval_every == 0) or step == total_steps
+                eval_due = bool(eval_every and step % eval_every == 0) or step in eval_steps or step == total_steps
                 if step % log_every == 0 or save_due or eval_due:
                     run.log(step)
                 if eval_due:
