@@ -5,6 +5,7 @@ G EMA 0.999, equalized lr, pixel norm, minibatch stddev: the paper's recipe.
 Command (after the README's set-up):
     .venv/bin/python experiments/progan_fashion_mnist.py --workdir runs/progan_fashion_mnist
     .venv/bin/python experiments/progan_fashion_mnist.py --workdir runs/progan_small --preset small
+    .venv/bin/python experiments/progan_fashion_mnist.py --workdir runs/progan_long --preset long
     .venv/bin/python experiments/progan_fashion_mnist.py --workdir runs/progan_cifar10 --preset cifar10
     .venv/bin/python experiments/progan_fashion_mnist.py --workdir runs/progan_celeba --preset celeb_a
 Ablations (the paper's Table 1 rows, same images per phase):
@@ -44,7 +45,8 @@ The 2-hour budget: at the "after" speeds one image of every phase costs 0.32 s, 
 22k images per phase (the same for fade and stabilise) fill 2 hours of training; use
 --config.schedule.fade_images=20000 --config.schedule.stable_images=20000 (~1.8 h of
 steps) and count phase-end evaluation on top (phase_fid_samples=500: ~8 min a phase end;
-the final 10k-sample FID runs hours on this CPU). Tiny widths fit ~300k images per phase.
+the final FID of 10k samples: 21 min at ~8 images/s). Tiny widths fit 250k images per
+phase: --preset long, below.
 Earlier runs: FID of 64 EMA samples after the 4x4 phase (3k images) 399 (biased upwards
 at 64 samples).
 
@@ -67,7 +69,12 @@ instead of 1), and the recipe with lr 1e-2 closes most of that gap. Fade-in pays
 without); minibatch stddev is within the seed-to-seed spread (3.6) here.
 `--preset small` (these widths, lr 1e-2, the FID of 2,000 above), run alone on the same VM:
 9.1 min of training, 13 min 42 s for the whole command, FID 44.06 bit for bit as above.
-NOT measured: the 2-hour run against the target (FID < 15 at 10k samples).
+`--preset long` (the issue's 2-hour budget: the small preset at 250k + 250k images per level,
+1.75M images, 5 epochs a phase; FID of 10,000 EMA samples against 10,000 training images, the
+issue's protocol), same VM, 2026-12-04: 91.0 min of training (the test suite shared the CPU
+for 17 of them; the 10k reference statistics were computed beside it at nice 19), FID 21.4 min,
+whole command 112.5 min: FID **15.96** (target < 15: not met, by 0.96; below the DCGAN long
+preset's 16.8 after 129 min, and below every model of Lucic et al. 2018, best 21.5).
 
 Override any field: --config.schedule.fade_images=60000 --config.evaluation.phase_fid_samples=0
 """
@@ -83,7 +90,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from jaxvision import cli  # noqa: E402
 from jaxvision.tasks import progan  # noqa: E402
 
-PRESETS = ("default", "small", "cifar10", "celeb_a")
+PRESETS = ("default", "small", "long", "cifar10", "celeb_a")
 
 
 def get_config(preset: str = "default") -> progan.ProGANConfig:
@@ -103,6 +110,12 @@ def get_config(preset: str = "default") -> progan.ProGANConfig:
             config, model=dataclasses.replace(config.model, fmap_base=128, fmap_max=32),
             optim=dataclasses.replace(config.optim, g_learning_rate=1e-2, d_learning_rate=1e-2),
             evaluation=progan.ProGANEvalConfig(phase_fid_samples=0, pr_samples=0, fid_samples=2_000))
+    if preset == "long":  # the issue's 2-hour budget: the small preset at 250k + 250k images per level
+        small = get_config("small")
+        config = dataclasses.replace(
+            small, schedule=dataclasses.replace(small.schedule, fade_images=250_000, stable_images=250_000,
+                                                max_epochs_per_phase=5.0),
+            evaluation=dataclasses.replace(small.evaluation, fid_samples=10_000))
     if preset == "cifar10":  # 32x32 colour; the paper's CIFAR config uses 400k per phase
         config = dataclasses.replace(
             config, data=progan.ProGANDataConfig(dataset="cifar10", train_split="train"),

@@ -102,15 +102,15 @@ def test_fade_in_at_alpha_0_and_1_is_the_lower_and_higher_network_exactly(nets):
     np.testing.assert_allclose(g(gp, z, 0.25), 0.75 * g(gp, z, 0.0) + 0.25 * g(gp, z, 1.0), rtol=1e-5, atol=1e-6)
 
 
-def test_small_preset_is_the_measured_ablation_run():
-    """The FID the docs quote for --preset small is the recorded run's: the preset must stay
-    the default preset plus that run's overrides (re-measure before changing either)."""
+@pytest.mark.parametrize("preset, run", [("small", "lr1e-2"), ("long", "long_250k")])
+def test_presets_are_the_measured_runs(preset, run):
+    """The FIDs the docs quote for --preset small and long are the recorded runs': each preset
+    must stay its run's preset plus overrides (re-measure before changing either)."""
     record = os.path.join(os.path.dirname(progan_fashion_mnist.__file__), "sweeps", "results",
                           "progan_ablation.jsonl")
     rows = {r["name"]: r for r in map(json.loads, open(record))}
-    measured = config_lib.apply_overrides(progan_fashion_mnist.get_config(rows["lr1e-2"]["preset"]),
-                                          rows["lr1e-2"]["overrides"])
-    assert measured == progan_fashion_mnist.get_config("small")
+    measured = config_lib.apply_overrides(progan_fashion_mnist.get_config(rows[run]["preset"]), rows[run]["overrides"])
+    assert measured == progan_fashion_mnist.get_config(preset)
     assert measured != progan_fashion_mnist.get_config("default")
 
 
