@@ -278,9 +278,7 @@ def run(cfg: ProGANConfig, workdir) -> dict:
         x = jnp.repeat(jnp.repeat(x, res // x.shape[1], axis=1), res // x.shape[2], axis=2)  # nearest, to the target
         return crop_to(x, *shown)
 
-    def phase_end_hook(step, state):
-        if step not in ends:
-            return {}
+    def phase_end_hook(step, state):  # the loop calls it at `ends` only (its eval_steps)
         index, level, alpha = (int(v) if i < 2 else float(v) for i, v in enumerate(phase_of(phases, step - 1)))
         p = phases[index]
         metrics = {"growth/images_seen": images_seen(phases, step), "growth/phase": index,
