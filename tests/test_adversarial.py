@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from helpers import assert_tree_equal, tree_equal
 from jaxvision.tasks import adversarial, gan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,3 +215,37 @@ def test_linear_lr_decay_over_the_last_steps_in_each_optimizers_own_count():
         adversarial.optimizers(cfg, 3)
     with pytest.raises(config_lib.ConfigError, match="needs a run"):
         adversarial.optimizers(cfg)
+
+
+def test_update_scale_multiplies_the_updates_and_keeps_the_step_at_factor_one():
+    """ProGAN's learning-rate decay over the run's steps: `update_scale(step)` multiplies both
+    networks' optimizer updates; at factor 1 the step is the unscaled one, bit for bit."""
+    def generate(p, s, z, train):
+        return z * p["w"], s
+
+    def critic(p, s, images, batch, train):
+        return images @ p["v"], s
+
+    cfg = adversarial.GANOptimConfig(loss="wgan", g_learning_rate=1e-2, d_learning_rate=1e-2)
+    g_tx, d_tx = adversarial.optimizers(cfg)
+    rng = np.random.default_rng(0)
+    params = lambda n: {"params": {n: jnp.asarray(rng.normal(size=4), jnp.float32)}}  # noqa: E731
+    state = adversarial.init_state(params("w"), params("v"), g_tx=g_tx, d_tx=d_tx, rng=jax.random.PRNGKey(0))
+    batch = {"image": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
+
+    def step(update_scale=None):
+        return jax.jit(adversarial.make_step(
+            cfg, generate=generate, critic=critic, g_tx=g_tx, d_tx=d_tx, update_scale=update_scale,
+            generator_inputs=lambda b, r: jax.random.normal(r, b["image"].shape)))
+
+    plain, _ = step()(state, batch)
+    same, _ = step(lambda s: jnp.where(s == 0, 1.0, 0.5))(state, batch)
+    assert_tree_equal(same, plain)
+
+    quarter, _ = step(lambda s: 0.25)(state, batch)  # D steps first, on the same inputs: a quarter of its update
+    v0 = np.asarray(state.params["discriminator"]["v"])
+    np.testing.assert_allclose(np.asarray(quarter.params["discriminator"]["v"]) - v0,
+                               0.25 * (np.asarray(plain.params["discriminator"]["v"]) - v0), atol=2e-7)  # ulp of v
+    frozen, _ = step(lambda s: 0.0)(plain, batch)  # factor 0: no weight moves, Adam's moments still advance
+    assert tree_equal(frozen.params, plain.params)
+    assert not np.allclose(frozen.opt_state["generator"][0].mu["w"], plain.opt_state["generator"][0].mu["w"])

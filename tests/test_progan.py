@@ -129,6 +129,24 @@ def test_phases_alpha_and_images_follow_the_schedule():
         progan.make_phases(dataclasses.replace(s, batch_sizes=(8, 8)), 16, 99)
 
 
+def test_lr_decay_counts_the_runs_steps_across_optimizer_resets():
+    """optim.lr_decay_steps in ProGAN: optax.linear_schedule's factors, in global steps
+    (Adam restarts each phase, so its own count cannot carry the decay)."""
+    import optax
+
+    factor = progan.linear_decay(40, 19)
+    want = optax.linear_schedule(1.0, 0.0, 19, transition_begin=21)
+    np.testing.assert_allclose([float(factor(jnp.int32(t))) for t in range(41)], [float(want(t)) for t in range(41)],
+                               rtol=1e-6, atol=1e-7)
+    assert float(factor(jnp.int32(20))) == 1.0 and float(factor(jnp.int32(39))) == pytest.approx(1 / 19)
+    s = progan.ScheduleConfig(fade_images=100, stable_images=60, batch_sizes=(20, 20, 10))
+    G, D = progan.build_networks(progan.ProGANModelConfig(resolution=16, latent_dim=8, fmap_base=16, fmap_max=8), 1)
+    optim = dataclasses.replace(progan.ProGANConfig().optim, lr_decay_steps=28)
+    with pytest.raises(config_lib.ConfigError, match="within the run's 27 steps"):
+        progan.make_task(G, D, optim, progan.make_phases(s, 16, 99), image_shape=(16, 16, 1))
+    progan.make_task(G, D, optim, progan.make_phases(s, 16, 99, total_steps=40), image_shape=(16, 16, 1))
+
+
 H, W = 20, 16  # non-square, like celeb_a's 218x178
 
 

@@ -127,7 +127,7 @@ def _slice(batch, part):
 def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, generator_inputs: Callable,
               real: Callable = lambda batch: batch["image"], extra_g_losses: Mapping[str, Callable] | None = None,
               g_tx=None, d_tx=None, axis_name: str | None = None, fake_pool: Callable | None = None,
-              extra_d_losses: Mapping[str, Callable] | None = None):
+              extra_d_losses: Mapping[str, Callable] | None = None, update_scale: Callable | None = None):
     """The pure `train_step(state, batch) -> (state, metrics)` of an adversarial task.
 
     The batch holds `n_critic` slices of equal size: D step i trains on slice i, the G
@@ -135,6 +135,9 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
     the logits) averaged over the D steps, `g_loss` (G's whole loss) and, per extra loss,
     `g_<name>`. `axis_name`: set by the pmap form; gradients are averaged over it and the
     gradient penalty's interpolation draws are per device (of the global batch).
+    `update_scale(step) -> scalar`: optional, multiplies both networks' updates at that
+    step (a learning-rate schedule over the run's steps that survives optimizer resets,
+    as ProGAN's per phase); not given, the updates are the optimizers' own.
     """
     _check(cfg)
     if g_tx is None or d_tx is None:
@@ -144,6 +147,12 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
     d_loss_fn, g_loss_fn = GAN_LOSSES[cfg.loss]
     extra_g_losses = dict(extra_g_losses or {})
     extra_d_losses = dict(extra_d_losses or {})
+
+    def scaled(updates, step):
+        if update_scale is None:
+            return updates
+        factor = update_scale(step)
+        return jax.tree_util.tree_map(lambda u: u * jnp.asarray(factor, u.dtype), updates)
 
     def d_step(state, batch, rng):
         z_rng, gp_rng = jax.random.split(rng)
@@ -175,6 +184,7 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
             state.params[D])
         grads = _mean_over(grads, axis_name)
         updates, d_opt = d_tx.update(grads, state.opt_state[D], state.params[D])
+        updates = scaled(updates, state.step)
         state = state.replace(
             params={**state.params, D: optax.apply_updates(state.params[D], updates)},
             opt_state={**state.opt_state, D: d_opt},
@@ -200,6 +210,7 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
         (loss, (g_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[G])
         grads = _mean_over(grads, axis_name)
         updates, g_opt = g_tx.update(grads, state.opt_state[G], state.params[G])
+        updates = scaled(updates, state.step)
         g_params = optax.apply_updates(state.params[G], updates)
         # EMA with a warm-up (as TF's ExponentialMovingAverage with num_updates): early
         # averages would otherwise be dominated by the random initial weights.

@@ -96,6 +96,16 @@ def _count_compiles():
     _listening.append(listener)
 
 
+def linear_decay(total_steps: int, decay_steps: int):
+    """step -> learning-rate factor: 1, then linearly to 0 over the last `decay_steps` of
+    `total_steps` (optax.linear_schedule's values, in steps rather than optimizer updates)."""
+    if not 0 < decay_steps <= total_steps:
+        raise config_lib.ConfigError(f"optim.lr_decay_steps={decay_steps} must be within the run's {total_steps} "
+                                     "steps: lower it or raise total_steps.")
+    begin = total_steps - decay_steps
+    return lambda step: 1.0 - jnp.clip((step - begin) / decay_steps, 0.0, 1.0)
+
+
 def make_task(generator: pg.Generator, discriminator: pg.Discriminator, optim: adversarial.GANOptimConfig,
               phases: Sequence[Phase], *, image_shape, drift_weight: float = 0.001, reset_optimizer: bool = True,
               hooks=(), axis_name: str | None = None, local_fraction: int = 1) -> loop.Task:
@@ -103,7 +113,11 @@ def make_task(generator: pg.Generator, discriminator: pg.Discriminator, optim: a
     the step. `local_fraction`: devices the global batch is split over under pmap (the
     per-level slices are taken of each device's rows)."""
     _count_compiles()
+    # optim.lr_decay_steps counts the run's steps here: Adam restarts at each phase, so the
+    # decay scales the updates by the global step instead of riding on Adam's own count.
+    decay_steps, optim = optim.lr_decay_steps, dataclasses.replace(optim, lr_decay_steps=0)
     g_tx, d_tx = adversarial.optimizers(optim)
+    update_scale = linear_decay(phases[-1].start + phases[-1].steps, decay_steps) if decay_steps else None
     size, levels = generator.resolution, pg.num_levels(generator.resolution)
     read_batch = max(p.batch for p in phases)
     level_batch = {p.level: p.batch for p in phases}
@@ -139,7 +153,8 @@ def make_task(generator: pg.Generator, discriminator: pg.Discriminator, optim: a
         step = adversarial.make_step(
             optim, generate=generate, critic=critic, generator_inputs=generator_inputs,
             real=lambda batch: real_at_level(batch["image"], level, alpha_of(batch)),
-            extra_d_losses={"drift": drift} if drift_weight else None, g_tx=g_tx, d_tx=d_tx, axis_name=axis_name)
+            extra_d_losses={"drift": drift} if drift_weight else None, g_tx=g_tx, d_tx=d_tx, axis_name=axis_name,
+            update_scale=update_scale)
         rows = level_batch[level] // local_fraction
 
         def run(state, batch):
