@@ -142,8 +142,10 @@ def test_lr_decay_counts_the_runs_steps_across_optimizer_resets():
     s = progan.ScheduleConfig(fade_images=100, stable_images=60, batch_sizes=(20, 20, 10))
     G, D = progan.build_networks(progan.ProGANModelConfig(resolution=16, latent_dim=8, fmap_base=16, fmap_max=8), 1)
     optim = dataclasses.replace(progan.ProGANConfig().optim, lr_decay_steps=28)
-    with pytest.raises(config_lib.ConfigError, match="within the run's 27 steps"):
-        progan.make_task(G, D, optim, progan.make_phases(s, 16, 99), image_shape=(16, 16, 1))
+    for bad in (28, -1):
+        with pytest.raises(config_lib.ConfigError, match="1 to the run's 27 steps"):
+            progan.make_task(G, D, dataclasses.replace(optim, lr_decay_steps=bad), progan.make_phases(s, 16, 99),
+                             image_shape=(16, 16, 1))
     progan.make_task(G, D, optim, progan.make_phases(s, 16, 99, total_steps=40), image_shape=(16, 16, 1))
 
 

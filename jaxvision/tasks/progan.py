@@ -100,8 +100,8 @@ def linear_decay(total_steps: int, decay_steps: int):
     """step -> learning-rate factor: 1, then linearly to 0 over the last `decay_steps` of
     `total_steps` (optax.linear_schedule's values, in steps rather than optimizer updates)."""
     if not 0 < decay_steps <= total_steps:
-        raise config_lib.ConfigError(f"optim.lr_decay_steps={decay_steps} must be within the run's {total_steps} "
-                                     "steps: lower it or raise total_steps.")
+        raise config_lib.ConfigError(f"optim.lr_decay_steps={decay_steps} must be 0 (constant learning rates) or "
+                                     f"1 to the run's {total_steps} steps: lower it or raise total_steps.")
     begin = total_steps - decay_steps
     return lambda step: 1.0 - jnp.clip((step - begin) / decay_steps, 0.0, 1.0)
 
