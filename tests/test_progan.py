@@ -136,8 +136,9 @@ def test_lr_decay_counts_the_runs_steps_across_optimizer_resets():
 
     factor = progan.linear_decay(40, 19)
     want = optax.linear_schedule(1.0, 0.0, 19, transition_begin=21)
-    np.testing.assert_allclose([float(factor(jnp.int32(t))) for t in range(41)], [float(want(t)) for t in range(41)],
-                               rtol=1e-6, atol=1e-7)
+    got = [float(factor(jnp.int32(t))) for t in range(41)]
+    np.testing.assert_allclose(got, [float(want(t)) for t in range(41)], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, 1 - np.clip((np.arange(41) - 21) / 19, 0, 1), rtol=1e-6, atol=1e-7)
     assert float(factor(jnp.int32(20))) == 1.0 and float(factor(jnp.int32(39))) == pytest.approx(1 / 19)
     s = progan.ScheduleConfig(fade_images=100, stable_images=60, batch_sizes=(20, 20, 10))
     G, D = progan.build_networks(progan.ProGANModelConfig(resolution=16, latent_dim=8, fmap_base=16, fmap_max=8), 1)

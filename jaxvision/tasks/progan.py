@@ -103,6 +103,8 @@ def linear_decay(total_steps: int, decay_steps: int):
         raise config_lib.ConfigError(f"optim.lr_decay_steps={decay_steps} must be 0 (constant learning rates) or "
                                      f"1 to the run's {total_steps} steps: lower it or raise total_steps.")
     begin = total_steps - decay_steps
+    # Not optax.linear_schedule itself: jitted, it rounds 1 ulp apart at some steps, and the
+    # recorded runs (sweeps/results/progan_ablation.jsonl) used this form.
     return lambda step: 1.0 - jnp.clip((step - begin) / decay_steps, 0.0, 1.0)
 
 
