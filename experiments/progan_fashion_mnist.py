@@ -39,8 +39,8 @@ values agree with the old step within float32 round-off (tests/test_progan_conv.
 A hand-written plain 32-px WGAN-GP step with the same layers and widths (no equalized lr,
 pixel norm, minibatch stddev, fade-in or switch) runs 10.2 img/s at these widths and 138
 img/s at tiny widths in the same bursts: the ProGAN step is within 10-20% of it. The loop's
-logged train img/s counts the 64 rows read per step, i.e. twice the trained images at 16
-and 32 px. The step compiles once (~16 s); a level's first step costs extra once (~30 s at 8 px).
+logged train img/s counts the rows each step trains (runs before 2026-12-05 logged the 64
+rows read, twice the trained images at 16 and 32 px). The step compiles once (~16 s); a level's first step costs extra once (~30 s at 8 px).
 The 2-hour budget: at the "after" speeds one image of every phase costs 0.32 s, so about
 22k images per phase (the same for fade and stabilise) fill 2 hours of training; use
 --config.schedule.fade_images=20000 --config.schedule.stable_images=20000 (~1.8 h of

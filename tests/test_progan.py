@@ -129,6 +129,24 @@ def test_phases_alpha_and_images_follow_the_schedule():
         progan.make_phases(dataclasses.replace(s, batch_sizes=(8, 8)), 16, 99)
 
 
+def test_logged_images_per_second_counts_the_rows_each_level_trains(monkeypatch):
+    """The pipeline reads the largest level batch; img/s counts what each step trained."""
+    import itertools
+
+    s = progan.ScheduleConfig(fade_images=100, stable_images=60, batch_sizes=(20, 20, 10))
+    phases = progan.make_phases(s, 16, 99)
+    G, D = progan.build_networks(progan.ProGANModelConfig(resolution=16, latent_dim=8, fmap_base=16, fmap_max=8), 1)
+    task = progan.make_task(G, D, progan.ProGANConfig().optim, phases, image_shape=(16, 16, 1))
+    clock = itertools.count(0.0, 0.5)  # each reading of the clock: half a second later
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    meter = loop._Meter(task.images_seen)
+    for step in range(1, 12):  # step 1 compiles (untimed); steps 2-11 train 20 rows, step 12 10
+        meter.add({"d_loss": jnp.float32(1.0)}, step)
+    meter.add({"d_loss": jnp.float32(1.0)}, 12)
+    meter.take()  # clock at 0.5 after the first step, 1.0 now
+    assert meter.images_per_second() == (10 * 20 + 10) / 0.5
+
+
 def test_lr_decay_counts_the_runs_steps_across_optimizer_resets():
     """optim.lr_decay_steps in ProGAN: optax.linear_schedule's factors, in global steps
     (Adam restarts each phase, so its own count cannot carry the decay)."""

@@ -179,7 +179,7 @@ def make_task(generator: pg.Generator, discriminator: pg.Discriminator, optim: a
         return state, {**metrics, "alpha": alpha, "level": level.astype(jnp.float32)}
 
     return loop.Task(init=init, train_step=progan_train_step, hooks=tuple(hooks),
-                     progress_metrics=("d_loss", "g_loss", "alpha"))
+                     progress_metrics=("d_loss", "g_loss", "alpha"), images_seen=lambda step: images_seen(phases, step))
 
 
 def sample(generator: pg.Generator, state, z, level: int, alpha=1.0, *, ema: bool = True):

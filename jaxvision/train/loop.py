@@ -66,6 +66,9 @@ class Task:
     finalize: Callable[[dict], dict] | None = None
     # The train metrics shown in the progress bar.
     progress_metrics: tuple[str, ...] = ("loss",)
+    # step -> images trained in steps 0..step, for img/s where the trained batch is not the
+    # batch read (a progressive GAN trains the first rows at some levels). None: step x batch.
+    images_seen: Callable[[int], int] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -160,7 +163,7 @@ def train(
             while step < total_steps:
                 state, metrics = step_fn(state, next(data))
                 step += 1
-                run.meter.add(form.metrics(metrics))
+                run.meter.add(form.metrics(metrics), step)
                 bar.update(1)
                 stop = preemption.should_stop()  # read once: the save and the stop agree
                 save_due = step % checkpoint_every == 0 or step == total_steps or stop
@@ -172,7 +175,7 @@ def train(
                 if save_due:
                     run.save(step, state, preempted=stop)
                 if eval_due or save_due:
-                    run.meter.restart_clock()  # keep evaluation and saving out of img/s
+                    run.meter.restart_clock(step)  # keep evaluation and saving out of img/s
                 if stop:
                     run.stop(step)
         finally:
@@ -210,35 +213,34 @@ def _evaluate_all(task: Task, eval_fn, eval_data, eval_prefix: str, form, step: 
 class _Meter:
     """The train metrics summed on the devices since the last log, and images per second
     over training steps only: the first step (compilation) and the time spent evaluating
-    and saving are left out."""
+    and saving are left out. `images_seen(step)`: images trained in steps 0..step."""
 
-    def __init__(self, global_batch_size: int):
-        self.batch = global_batch_size
+    def __init__(self, images_seen: Callable[[int], int]):
+        self.images_seen = images_seen
         self.sums, self.count = None, 0
         self.images, self.seconds = 0, 0.0
-        self.t_interval, self.n_timed = None, 0
+        self.t_interval, self.step_timed, self.step = None, None, None
 
-    def add(self, metrics) -> None:
+    def add(self, metrics, step: int) -> None:
         self.sums = metrics if self.sums is None else jax.tree_util.tree_map(lambda a, b: a + b, self.sums, metrics)
         self.count += 1
+        self.step = step
         if self.t_interval is None:  # the first step compiles: time from after it
             jax.block_until_ready(metrics)
-            self.t_interval, self.n_timed = time.perf_counter(), 0
-        else:
-            self.n_timed += 1
+            self.restart_clock(step)
 
     def take(self) -> tuple[dict, int]:
         """(means of the metrics summed since the last take, how many steps they cover)."""
         means = {k: float(v) / self.count for k, v in jax.device_get(self.sums).items()}
         now = time.perf_counter()
-        self.images += self.n_timed * self.batch
+        self.images += self.images_seen(self.step) - self.images_seen(self.step_timed)
         self.seconds += now - self.t_interval
-        self.t_interval, self.n_timed = now, 0
+        self.t_interval, self.step_timed = now, self.step
         count, self.sums, self.count = self.count, None, 0
         return means, count
 
-    def restart_clock(self) -> None:
-        self.t_interval = time.perf_counter()
+    def restart_clock(self, step: int) -> None:
+        self.t_interval, self.step_timed = time.perf_counter(), step
 
     def images_per_second(self) -> float | None:
         return self.images / self.seconds if self.seconds else None
@@ -251,7 +253,7 @@ class _Actions:
     def __init__(self, task, form, writer, checkpointer, bar, global_batch_size, evaluate_fn, start_step,
                  t_start, prior_seconds):
         self.task, self.form, self.writer, self.checkpointer, self.bar = task, form, writer, checkpointer, bar
-        self.meter = _Meter(global_batch_size)
+        self.meter = _Meter(task.images_seen or (lambda step: step * global_batch_size))
         self.evaluate_fn = evaluate_fn
         self.start_step, self.last_good = start_step, start_step
         self.t_start, self.prior_seconds = t_start, prior_seconds
