@@ -102,7 +102,7 @@ def test_fade_in_at_alpha_0_and_1_is_the_lower_and_higher_network_exactly(nets):
     np.testing.assert_allclose(g(gp, z, 0.25), 0.75 * g(gp, z, 0.0) + 0.25 * g(gp, z, 1.0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset, run", [("small", "lr1e-2"), ("long", "long_57000")])
+@pytest.mark.parametrize("preset, run", [("small", "lr1e-2"), ("long", "long_57000_ema9995")])
 def test_presets_are_the_measured_runs(preset, run):
     """The FIDs the docs quote for --preset small and long are the recorded runs': each preset
     must stay its run's preset plus overrides (re-measure before changing either)."""
