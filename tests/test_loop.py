@@ -211,6 +211,27 @@ def test_the_progress_bar_shows_the_task_s_progress_metrics(tmp_path, monkeypatc
     assert [kw["grad_norm"] for kw in shown] == [f"{r['train/grad_norm']:.4f}" for r in logged]
 
 
+def test_the_progress_bar_closes_at_the_last_step_before_the_final_evaluation(tmp_path, monkeypatch):
+    # tqdm renders its elapsed time and rate when it closes: closed after a final FID
+    # evaluation (minutes), it reported a training rate several times too low.
+    events = []
+
+    class Bar:
+        def update(self, n):
+            events.append("step")
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            events.append("close")
+
+    monkeypatch.setattr(loop, "_progress", lambda *a, **kw: Bar())
+    monkeypatch.setattr(loop, "_evaluate_all", lambda *a, **kw: events.append("evaluate") or {})
+    run(tiny_task(), tmp_path, total_steps=4, eval_every=2)
+    assert events[:events.index("close") + 2] == ["step", "step", "evaluate", "step", "step", "close", "evaluate"]
+
+
 def test_processes_sharing_a_workdir_probe_it_under_their_own_names(tmp_path, monkeypatch):
     """On a shared filesystem, process 1's whole check may run between process 0's write
     of its probe file and its removal."""

@@ -165,6 +165,8 @@ def train(
                 step += 1
                 run.meter.add(form.metrics(metrics), step)
                 bar.update(1)
+                if step == total_steps:  # the bar's last time and rate are training's, not the final evaluation's
+                    bar.close()
                 stop = preemption.should_stop()  # read once: the save and the stop agree
                 save_due = step % checkpoint_every == 0 or step == total_steps or stop
                 eval_due = bool(eval_every and step % eval_every == 0) or step in eval_steps or step == total_steps
