@@ -93,7 +93,7 @@ def get_config(preset: str = "default") -> gan.GANConfig:
         sample_every=1000,
         checkpoint_every=1000,
     )
-    # The recipe of the conditional and long presets' recorded runs (and of the default before).
+    # The recipe of the conditional, WGAN-GP and long presets' recorded runs (and of the default before).
     paper_optim = dataclasses.replace(config.optim, g_learning_rate=2e-4, d_learning_rate=2e-4, ema_decay=0.999)
     if preset == "conditional":
         # 18,000 steps, the last 6,000 with the learning rates decaying to 0: 91.25% of samples
