@@ -3,6 +3,7 @@
     PYTHONPATH=. python benchmarks/gan.py --preset fmnist --out runs/bench/gan_fmnist.json
     PYTHONPATH=. python benchmarks/gan.py --preset dcgan64      # a GPU: 64x64x3, batch 128
     PYTHONPATH=. python benchmarks/gan.py --upsample subpixel   # G's 2x layer, on both sides
+    PYTHONPATH=. python benchmarks/gan.py --preset experiment   # the DCGAN experiment's default net
 
 One iteration = one discriminator step + one generator step, as jaxvision's GAN task does
 it (non-saturating loss, Adam 2e-4 / beta1 0.5, BatchNorm in G, the EMA of G's weights
@@ -33,6 +34,20 @@ PRESETS = {
     "dcgan64": dict(image_size=64, channels=3, batch_size=128, latent_dim=100, g_width=64, d_width=64),
     "tiny": dict(image_size=28, channels=1, batch_size=4, latent_dim=8, g_width=8, d_width=8),
 }
+
+
+def experiment_preset() -> dict:
+    """The network and batch of experiments/dcgan_fashion_mnist.py's default preset (what a user
+    trains by default: widths 32, sub-pixel G at the time of writing), read from there."""
+    experiments = str(Path(__file__).resolve().parents[1] / "experiments")
+    if experiments not in sys.path:  # the experiments import each other as top-level modules
+        sys.path.insert(0, experiments)
+    import dcgan_fashion_mnist
+
+    c = dcgan_fashion_mnist.get_config("default")
+    return dict(image_size=c.model.image_size or 28, channels=1, batch_size=c.global_batch_size,
+                latent_dim=c.model.latent_dim, g_width=c.model.g_width, d_width=c.model.d_width,
+                upsample=c.model.upsample)
 
 
 class _OursGAN(common.Bench):
@@ -199,10 +214,10 @@ def peer_side(cfg: dict, compile: bool = False, threads: int | None = None, devi
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="fmnist", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="fmnist", choices=sorted([*PRESETS, "experiment"]))
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--upsample", default="transpose", choices=("transpose", "resize_conv", "subpixel"),
-                   help="G's 2x layer, the same on both sides")
+    p.add_argument("--upsample", default=None, choices=("transpose", "resize_conv", "subpixel"),
+                   help="G's 2x layer, the same on both sides (default: the preset's, else transpose)")
     p.add_argument("--steps-per-dispatch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5, help="iterations per timed burst (at least)")
     p.add_argument("--min-burst-seconds", type=float, default=1.0)
@@ -215,11 +230,11 @@ def main(argv=None):
     p.add_argument("--out", default="runs/bench/gan.json")
     args = p.parse_args(argv)
 
-    cfg = dict(PRESETS[args.preset])
+    cfg = experiment_preset() if args.preset == "experiment" else dict(PRESETS[args.preset])
     if args.batch_size:
         cfg["batch_size"] = args.batch_size
     cfg["steps_per_dispatch"] = args.steps_per_dispatch
-    cfg["upsample"] = args.upsample
+    cfg["upsample"] = args.upsample or cfg.get("upsample", "transpose")
     result = {"config": {**cfg, "preset": args.preset, "peer_compile": args.peer_compile, "rounds": args.rounds},
               "machine": common.machine()}
     print(f"DCGAN {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, batch {cfg['batch_size']}, "

@@ -55,6 +55,17 @@ def test_gan_benchmark(tmp_path):
     check_peer(result)
 
 
+def test_gan_benchmark_experiment_preset_is_the_experiments_default_network():
+    preset = gan.experiment_preset()  # puts experiments/ on sys.path, as the experiments expect
+    from dcgan_fashion_mnist import get_config
+
+    model = get_config("default").model
+    assert set(preset) == set(gan.PRESETS["fmnist"]) | {"upsample"}
+    assert (preset["g_width"], preset["d_width"], preset["latent_dim"], preset["upsample"]) == (
+        model.g_width, model.d_width, model.latent_dim, model.upsample)
+    assert preset["batch_size"] == get_config("default").global_batch_size and preset["image_size"] == 28
+
+
 def test_input_pipeline_benchmark(tmp_path, tfds_data_dir):
     """The pipeline side only (--no-train): each side is a process importing TensorFlow and
     JAX, and the training sides are the ViT benchmark's step, tested above."""
