@@ -110,8 +110,9 @@ def test_the_closest_preset_is_the_one_with_the_same_network(tmp_path, trials):
 
 def test_recorded_rows_rebuild_the_recipe_each_run_trained_with(trials):
     """The figures the docs quote come from these rows: each row's preset + overrides must
-    rebuild its run's recipe, so the default preset is the measured FID-22.67 run's (re-measure
-    before changing it) and the rows from before keep the paper's Adam 2e-4 and EMA 0.999."""
+    rebuild its run's recipe, so the default preset is the measured widths-48 run's (re-measure
+    before changing it), the rows from before keep width 32 and the paper's Adam 2e-4 and EMA
+    0.999, and the presets whose results were recorded at width 32 stay there."""
     from jaxvision import config as config_lib
 
     get_config = trials.dcgan_fashion_mnist.get_config
@@ -122,9 +123,23 @@ def test_recorded_rows_rebuild_the_recipe_each_run_trained_with(trials):
         return config_lib.apply_overrides(get_config(rows[name]["preset"]), rows[name]["overrides"])
 
     recipe = lambda c: (c.optim.g_learning_rate, c.optim.d_learning_rate, c.optim.ema_decay, c.total_steps)  # noqa: E731
-    assert rebuild("default/w32/24000/lr8e-4") == get_config("default")
-    assert recipe(get_config("default")) == (8e-4, 8e-4, 0.9995, 24_000)
+    widths = lambda c: (c.model.g_width, c.model.d_width)  # noqa: E731
+    assert rebuild("default/w48/12500") == get_config("default")
+    assert recipe(get_config("default")) == (8e-4, 8e-4, 0.9995, 12_500) and widths(get_config("default")) == (48, 48)
+    assert recipe(rebuild("default/w32/24000/lr8e-4")) == (8e-4, 8e-4, 0.9995, 24_000)
+    assert widths(rebuild("default/w32/24000/lr8e-4")) == (32, 32)
+    assert rebuild("conditional/w32/18000/decay6000") == get_config("conditional")
+    assert widths(get_config("conditional")) == widths(get_config("wgan_gp")) == (32, 32)
     assert recipe(rebuild("default/w32/21000")) == (2e-4, 2e-4, 0.999, 21_000)
     assert recipe(rebuild("subpixel/w32/9000")) == (2e-4, 2e-4, 0.999, 9000)
     assert recipe(rebuild("screen8k/lr8e-4")) == (8e-4, 8e-4, 0.999, 8000)
     assert rebuild("long/w64/55000") == get_config("long") and recipe(get_config("long"))[:3] == (2e-4, 2e-4, 0.999)
+
+
+def test_the_closest_preset_trains_the_same_objective_before_it_shares_the_network(tmp_path, trials):
+    # The conditional and WGAN-GP presets are at width 32, the default at 48: a non-saturating,
+    # unconditional width-32 run is the default at width 32, not either of them with its objective undone.
+    run = _fake_run(tmp_path, trials, "default", {"model.g_width": 32, "model.d_width": 32, "total_steps": 24_000}, {})
+    row = trials.record("w32", run)
+    assert row["preset"] == "default"
+    assert row["overrides"] == ["model.d_width=32", "model.g_width=32", "total_steps=24000"]

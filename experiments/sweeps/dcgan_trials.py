@@ -38,6 +38,7 @@ METRICS = ("steps", "wall_seconds", "train_images_per_second", "fd_vit_ema_sampl
 # (fd.classifier_workdir) is recorded beside the overrides instead.
 BOOKKEEPING = ("model.image_size", "progress", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
                "num_samples_grid")
+OBJECTIVE = ("model.conditional", "optim.loss")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -53,19 +54,27 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def config_diff(run_config: dict) -> tuple[str, list[str]]:
     """(the closest preset, overrides that turn it into a run's config.json `run_config`).
 
-    Closest: the fewest model fields changed, then the fewest overrides; a preset's network
-    says more about a run than its optimizer does (an unconditional run at the conditional
-    preset's learning rates is the default preset's model, not "conditional=False")."""
-    run_cfg = _flat(run_config)
+    Closest: the same objective (conditioning, loss), then the fewest model fields changed,
+    then the fewest overrides; what a run trains for says more about it than its network,
+    and its network more than its optimizer (an unconditional run at the conditional
+    preset's learning rates is the default preset's model, not "conditional=False"; a
+    non-saturating run at the WGAN-GP preset's width is the default's at another width)."""
     best = None
     for preset in dcgan_fashion_mnist.PRESETS:
-        base = _flat(config_lib.to_dict(dcgan_fashion_mnist.get_config(preset)))
-        changed = [k for k in sorted(run_cfg) if k in base and base[k] != run_cfg[k]
-                   and k not in BOOKKEEPING and not k.startswith("fd.")]
-        rank = (sum(k.startswith("model.") for k in changed), len(changed))
+        changed = overrides_from(preset, run_config)
+        keys = [o.split("=", 1)[0] for o in changed]
+        rank = (sum(k in OBJECTIVE for k in keys), sum(k.startswith("model.") for k in keys), len(keys))
         if best is None or rank < best[0]:
-            best = (rank, preset, [f"{k}={run_cfg[k]}" for k in changed])
+            best = (rank, preset, changed)
     return best[1], best[2]
+
+
+def overrides_from(preset: str, run_config: dict) -> list[str]:
+    """The overrides that turn `preset` into the run's config (bookkeeping and feature space left out)."""
+    run_cfg = _flat(run_config)
+    base = _flat(config_lib.to_dict(dcgan_fashion_mnist.get_config(preset)))
+    return [f"{k}={run_cfg[k]}" for k in sorted(run_cfg) if k in base and base[k] != run_cfg[k]
+            and k not in BOOKKEEPING and not k.startswith("fd.")]
 
 
 def record(name: str, run_dir, fid_json=None) -> dict:
