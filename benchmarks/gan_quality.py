@@ -21,7 +21,9 @@ density/coverage (k=5) and the class histogram on the run's classifier
 (`tasks.gan.fid_of_samples`, pytorch-fid protocol) when FID-Inception weights are found.
 Ours' figures come from the run's results.json (or, --rescore-ours, its checkpoint
 sampled again), ours' FID from results.json or --ours-fid-json (a `fid_cli --json`
-output). Not part of the test suite.
+output). `--peer-from EARLIER.json` scores another run of ours against an earlier
+side-by-side's peer (its samples scored again, its FID taken over) when the peer's budget
+still covers ours. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -184,6 +186,9 @@ def main(argv=None):
                    help="sample ours' checkpoint again and score it here, beside the peer (default; the "
                         "figures in results.json are reported too)")
     p.add_argument("--peer-samples", default=None, help="score this .npz of an earlier run instead of training")
+    p.add_argument("--peer-from", default=None, metavar="JSON",
+                   help="an earlier side-by-side's output: score its peer's samples again and take the peer's "
+                        "FID from it (the same samples give the same FID) instead of training and measuring")
     p.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)  # the child's entry
     args = p.parse_args(argv)
     if args.peer_worker:
@@ -208,7 +213,17 @@ def main(argv=None):
     cfg = config_lib.from_dict(gan.GANConfig, run_config)
     cfg = dataclasses.replace(cfg, fd=dataclasses.replace(cfg.fd, num_samples=args.num_samples,
                                                           fid_samples=args.num_samples))
-    if args.peer_samples:
+    earlier_fid = None
+    if args.peer_from:
+        earlier = json.loads(Path(args.peer_from).read_text())
+        samples_path = Path(earlier["peer"]["samples_file"])
+        if not samples_path.is_file():
+            raise SystemExit(f"{args.peer_from} names the peer's samples {samples_path}, which is gone: "
+                             "train the peer again (leave out --peer-from)")
+        if "fid" in earlier["peer"]["ema"]:
+            earlier_fid = {k: earlier["peer"]["ema"][k] for k in ("fid", "fid_seconds")}
+        seconds = earlier["wall_seconds"]["peer_budget"]
+    elif args.peer_samples:
         samples_path = Path(args.peer_samples)
     else:
         torch_version(args.torch_python)
@@ -269,6 +284,9 @@ def main(argv=None):
             print(f"| {name} | " + " | ".join(fmt(row.get(k)) for k, _, _ in METRICS) + " |")
         return r
 
+    if earlier_fid:
+        peer["ema"].update(earlier_fid)
+        return report(f"from {args.peer_from} (the same samples)")
     if not fid_on:
         return report("off")
     report("pending")

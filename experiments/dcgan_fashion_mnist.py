@@ -9,19 +9,25 @@ first if runs/vit_fashion_mnist holds none):
 
 Hardware and expected result (measured, see README; 2-core Intel Xeon VM, run alone;
 classifier: the main job's full run, 91.21%):
-    default (sub-pixel G, width 32, Adam 8e-4 for G and D, G's EMA 0.9995, 24,000 steps):
-        14.2 min from the command's start to the last step's sample grid (827 s of steps,
-        1,857 img/s), FID 22.67 of 10,000 EMA samples against 10,000 training images (the
-        issue asks < 26.5; FID's own time 24 min), FD-ViT 2.28 (real floor 0.025), precision
-        0.770, recall 0.856, density 0.644, coverage 0.615, every class between 8.0% and 13.3%.
-        The 15 minutes hold on this CPU: the 2-core AMD EPYC VM seen earlier ran the same step
-        at about 1,360 img/s, where 24,000 steps take about 19 minutes.
-    The learning rate was chosen by a screen of 8,000 steps, FID of 2,000 samples
+    default (sub-pixel G, widths 48, Adam 8e-4 for G and D, G's EMA 0.9995, 12,500 steps):
+        13.5 min from the command's start to the last step's sample grid (785 s of steps,
+        1,020 img/s), FID 22.10 of 10,000 EMA samples against 10,000 training images (the
+        issue asks < 26.5; FID's own time 18.6 min), FD-ViT 2.09 (real floor 0.025), precision
+        0.762, recall 0.865, density 0.625, coverage 0.629, every class between 7.7% and 12.7%.
+        The same bits as the trial `default/w48/12500` of the record. Slower CPUs need fewer
+        steps for the 15 minutes: the 2-core AMD EPYC VM seen earlier ran the width-32 step
+        at 0.73x this one's speed.
+    The default before (widths 32 for 24,000 steps: --config.model.g_width=32
+    --config.model.d_width=32 --config.total_steps=24000), same VM, alone: 14.2 min to the last
+        grid (827 s of steps, 1,857 img/s), FID 22.67, FD-ViT 2.28, precision 0.770, recall
+        0.856, coverage 0.615, classes 8.0-13.3%.
+    The learning rate was chosen by a screen of 8,000 width-32 steps, FID of 2,000 samples
     (experiments/sweeps/results/dcgan_trials.jsonl): Adam 2e-4 (the paper's) 62.1, D alone at
         4e-4 59.6, both 4e-4 46.4, both 8e-4 39.2.
 
-The default before (the paper's Adam 2e-4, EMA 0.999, 9000 steps: --config.optim.g_learning_rate=2e-4
---config.optim.d_learning_rate=2e-4 --config.optim.ema_decay=0.999 --config.total_steps=9000),
+The default before those (width 32, the paper's Adam 2e-4, EMA 0.999, 9000 steps: the widths
+above and --config.optim.g_learning_rate=2e-4 --config.optim.d_learning_rate=2e-4
+--config.optim.ema_decay=0.999 --config.total_steps=9000),
 2-core Intel Xeon VM, the two 3000-step runs side by side; classifier: the main job's recipe
 stopped at 3,000 steps; FID off:
     9000 steps, alone: 282 s of training (2,172 img/s), FD-ViT of
@@ -36,7 +42,7 @@ stopped at 3,000 steps; FID off:
     Its FID, measured afterwards with `python -m jaxvision.fid_cli checkpoint:RUN
     tfds:fashion_mnist:train --num-images 10000`: 49.8 (KID 0.038).
 FID of 10k EMA samples is computed at the end when FID-Inception weights are installed
-(the set-up installs them): 49.5 min on this CPU the first time, about 24 min once the
+(the set-up installs them): 49.5 min on this CPU the first time, 19-24 min once the
 reference statistics are cached (README).
 
 Longer runs at the paper's Adam 2e-4 and EMA 0.999 (the overrides above; 2-core AMD EPYC VM;
