@@ -171,6 +171,23 @@ def ours_from_run(run: Path, results: dict, ours_fid_json: str | None) -> dict:
     return out
 
 
+def earlier_peer(path) -> tuple[Path, dict | None, float]:
+    """(the peer's samples file, its FID {fid, fid_seconds} or None, its training budget in
+    seconds) from an earlier side-by-side's output JSON (`--peer-from`)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        samples_path = Path(earlier["peer"]["samples_file"])
+        ema, seconds = earlier["peer"]["ema"], earlier["wall_seconds"]["peer_budget"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--peer-from {path}: not the JSON output of an earlier gan_quality run ({e!r}); "
+                         "pass the file its --out wrote") from None
+    if not samples_path.is_file():
+        raise SystemExit(f"{path} names the peer's samples {samples_path}, which is gone: "
+                         "train the peer again (leave out --peer-from)")
+    fid = {k: ema[k] for k in ("fid", "fid_seconds")} if "fid" in ema else None
+    return samples_path, fid, seconds
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ours", help="our finished DCGAN run folder (config.json, results.json, checkpoints)")
@@ -185,10 +202,13 @@ def main(argv=None):
     p.add_argument("--rescore-ours", action=argparse.BooleanOptionalAction, default=True,
                    help="sample ours' checkpoint again and score it here, beside the peer (default; the "
                         "figures in results.json are reported too)")
-    p.add_argument("--peer-samples", default=None, help="score this .npz of an earlier run instead of training")
-    p.add_argument("--peer-from", default=None, metavar="JSON",
-                   help="an earlier side-by-side's output: score its peer's samples again and take the peer's "
-                        "FID from it (the same samples give the same FID) instead of training and measuring")
+    earlier_peer = p.add_mutually_exclusive_group()
+    earlier_peer.add_argument("--peer-samples", default=None,
+                              help="score this .npz of an earlier run instead of training")
+    earlier_peer.add_argument("--peer-from", default=None, metavar="JSON",
+                              help="an earlier side-by-side's output: score its peer's samples again and take the "
+                                   "peer's FID from it (the same samples give the same FID) instead of training "
+                                   "and measuring")
     p.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)  # the child's entry
     args = p.parse_args(argv)
     if args.peer_worker:
@@ -215,14 +235,7 @@ def main(argv=None):
                                                           fid_samples=args.num_samples))
     earlier_fid = None
     if args.peer_from:
-        earlier = json.loads(Path(args.peer_from).read_text())
-        samples_path = Path(earlier["peer"]["samples_file"])
-        if not samples_path.is_file():
-            raise SystemExit(f"{args.peer_from} names the peer's samples {samples_path}, which is gone: "
-                             "train the peer again (leave out --peer-from)")
-        if "fid" in earlier["peer"]["ema"]:
-            earlier_fid = {k: earlier["peer"]["ema"][k] for k in ("fid", "fid_seconds")}
-        seconds = earlier["wall_seconds"]["peer_budget"]
+        samples_path, earlier_fid, seconds = earlier_peer(args.peer_from)
     elif args.peer_samples:
         samples_path = Path(args.peer_samples)
     else:

@@ -66,6 +66,29 @@ def test_gan_benchmark_experiment_preset_is_the_experiments_default_network():
     assert preset["batch_size"] == get_config("default").global_batch_size and preset["image_size"] == 28
 
 
+def test_gan_quality_peer_from_takes_the_earlier_peers_samples_fid_and_budget(tmp_path):
+    from benchmarks import gan_quality
+
+    samples = tmp_path / "peer_samples.npz"
+    samples.write_bytes(b"npz")
+    earlier = {"wall_seconds": {"ours": 900.0, "peer_budget": 853.0, "peer_train": 853.02},
+               "peer": {"samples_file": str(samples), "ema": {"fd_vit": 6.5, "fid": 42.57, "fid_seconds": 1810.8}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    assert gan_quality.earlier_peer(path) == (samples, {"fid": 42.57, "fid_seconds": 1810.8}, 853.0)
+    del earlier["peer"]["ema"]["fid"]  # an earlier run with FID off: the FID is measured again
+    path.write_text(json.dumps(earlier))
+    assert gan_quality.earlier_peer(path)[1] is None
+    samples.unlink()
+    with pytest.raises(SystemExit, match="which is gone: train the peer again"):
+        gan_quality.earlier_peer(path)
+    path.write_text(json.dumps({"train": {}}))  # a step benchmark's JSON, not a side-by-side's
+    with pytest.raises(SystemExit, match="not the JSON output of an earlier gan_quality run"):
+        gan_quality.earlier_peer(path)
+    with pytest.raises(SystemExit):  # argparse: one earlier peer at most
+        gan_quality.main(["--ours", "x", "--peer-from", str(path), "--peer-samples", str(samples)])
+
+
 def test_input_pipeline_benchmark(tmp_path, tfds_data_dir):
     """The pipeline side only (--no-train): each side is a process importing TensorFlow and
     JAX, and the training sides are the ViT benchmark's step, tested above."""

@@ -59,21 +59,20 @@ def config_diff(run_config: dict) -> tuple[str, list[str]]:
     and its network more than its optimizer (an unconditional run at the conditional
     preset's learning rates is the default preset's model, not "conditional=False"; a
     non-saturating run at the WGAN-GP preset's width is the default's at another width)."""
+    run_cfg = _flat(run_config)
     best = None
     for preset in dcgan_fashion_mnist.PRESETS:
-        changed = overrides_from(preset, run_config)
-        keys = [o.split("=", 1)[0] for o in changed]
+        keys = _changed(preset, run_cfg)
         rank = (sum(k in OBJECTIVE for k in keys), sum(k.startswith("model.") for k in keys), len(keys))
         if best is None or rank < best[0]:
-            best = (rank, preset, changed)
-    return best[1], best[2]
+            best = (rank, preset, keys)
+    return best[1], [f"{k}={run_cfg[k]}" for k in best[2]]
 
 
-def overrides_from(preset: str, run_config: dict) -> list[str]:
-    """The overrides that turn `preset` into the run's config (bookkeeping and feature space left out)."""
-    run_cfg = _flat(run_config)
+def _changed(preset: str, run_cfg: dict) -> list[str]:
+    """The recipe fields of the flat run config `run_cfg` that differ from `preset`, sorted."""
     base = _flat(config_lib.to_dict(dcgan_fashion_mnist.get_config(preset)))
-    return [f"{k}={run_cfg[k]}" for k in sorted(run_cfg) if k in base and base[k] != run_cfg[k]
+    return [k for k in sorted(run_cfg) if k in base and base[k] != run_cfg[k]
             and k not in BOOKKEEPING and not k.startswith("fd.")]
 
 
