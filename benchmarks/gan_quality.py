@@ -202,10 +202,10 @@ def main(argv=None):
     p.add_argument("--rescore-ours", action=argparse.BooleanOptionalAction, default=True,
                    help="sample ours' checkpoint again and score it here, beside the peer (default; the "
                         "figures in results.json are reported too)")
-    earlier_peer = p.add_mutually_exclusive_group()
-    earlier_peer.add_argument("--peer-samples", default=None,
+    peer_source = p.add_mutually_exclusive_group()
+    peer_source.add_argument("--peer-samples", default=None,
                               help="score this .npz of an earlier run instead of training")
-    earlier_peer.add_argument("--peer-from", default=None, metavar="JSON",
+    peer_source.add_argument("--peer-from", default=None, metavar="JSON",
                               help="an earlier side-by-side's output: score its peer's samples again and take the "
                                    "peer's FID from it (the same samples give the same FID) instead of training "
                                    "and measuring")

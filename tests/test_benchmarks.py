@@ -82,6 +82,15 @@ def test_gan_quality_peer_from_takes_the_earlier_peers_samples_fid_and_budget(tm
     samples.unlink()
     with pytest.raises(SystemExit, match="which is gone: train the peer again"):
         gan_quality.earlier_peer(path)
+    from jaxvision import config as config_lib
+    from jaxvision.tasks import gan as gan_task
+
+    run = tmp_path / "ours"  # a finished run of ours, as far as main reads it before the peer
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config_lib.to_dict(gan_task.GANConfig())))
+    (run / "results.json").write_text(json.dumps({"wall_seconds": 800.0}))
+    with pytest.raises(SystemExit, match="which is gone"):  # main reaches the same reader
+        gan_quality.main(["--ours", str(run), "--peer-from", str(path), "--out", str(tmp_path / "q.json")])
     path.write_text(json.dumps({"train": {}}))  # a step benchmark's JSON, not a side-by-side's
     with pytest.raises(SystemExit, match="not the JSON output of an earlier gan_quality run"):
         gan_quality.earlier_peer(path)
