@@ -47,7 +47,7 @@ def experiment_preset() -> dict:
     c = dcgan_fashion_mnist.get_config("default")
     return dict(image_size=c.model.image_size or 28, channels=1, batch_size=c.global_batch_size,
                 latent_dim=c.model.latent_dim, g_width=c.model.g_width, d_width=c.model.d_width,
-                upsample=c.model.upsample)
+                upsample=c.model.upsample, cpu_reductions=c.cpu_reductions)
 
 
 class _OursGAN(common.Bench):
@@ -67,17 +67,19 @@ class _OursGAN(common.Bench):
                                        upsample=cfg.get("upsample", "transpose"))
         shape = (cfg["image_size"], cfg["image_size"], cfg["channels"])
         generator, discriminator = gan.build_networks(model_cfg, cfg["image_size"], cfg["channels"], None)
-        task = gan.make_task(generator, discriminator, gan.GANOptimConfig(), image_shape=shape)
+        task = gan.make_task(generator, discriminator, gan.GANOptimConfig(), image_shape=shape,
+                             cpu_reductions=cfg.get("cpu_reductions", "xla"))
         form = parallel.make("mesh")
         form.prepare(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
         self.state = form.init(task.init, jax.random.PRNGKey(0))
         images = np.random.default_rng(0).uniform(-1, 1, (cfg["batch_size"], *shape)).astype(np.float32)
         k = int(cfg.get("steps_per_dispatch", 1))
         if k == 1:
-            self.step = form.compile_step(task.train_step)
+            self.step = form.compile_step(task.train_step, task.compiler_options)
             self.batch = form.put_batch({"image": images})
         else:
-            self.step = jax.jit(multi_step(task.train_step, k), donate_argnums=0)
+            self.step = jax.jit(multi_step(task.train_step, k), donate_argnums=0,
+                                compiler_options=task.compiler_options)
             self.batch = jax.device_put(stack_batches([{"image": images}] * k))
         self.items_per_call = k
 
@@ -218,6 +220,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--upsample", default=None, choices=("transpose", "resize_conv", "subpixel"),
                    help="G's 2x layer, the same on both sides (default: the preset's, else transpose)")
+    p.add_argument("--cpu-reductions", default=None, choices=("xla", "ynnpack"),
+                   help="our step's CPU reductions (jaxvision.tasks.adversarial.CPU_REDUCTIONS; default: the "
+                        "preset's, else xla)")
     p.add_argument("--steps-per-dispatch", type=int, default=1)
     p.add_argument("--steps", type=int, default=5, help="iterations per timed burst (at least)")
     p.add_argument("--min-burst-seconds", type=float, default=1.0)
@@ -235,10 +240,12 @@ def main(argv=None):
         cfg["batch_size"] = args.batch_size
     cfg["steps_per_dispatch"] = args.steps_per_dispatch
     cfg["upsample"] = args.upsample or cfg.get("upsample", "transpose")
+    cfg["cpu_reductions"] = args.cpu_reductions or cfg.get("cpu_reductions", "xla")
     result = {"config": {**cfg, "preset": args.preset, "peer_compile": args.peer_compile, "rounds": args.rounds},
               "machine": common.machine()}
     print(f"DCGAN {cfg['image_size']}x{cfg['image_size']}x{cfg['channels']}, batch {cfg['batch_size']}, "
-          f"G upsampling {cfg['upsample']}, one D + one G step per iteration; load {common.load_average()}")
+          f"G upsampling {cfg['upsample']}, our CPU reductions {cfg['cpu_reductions']}, one D + one G step per "
+          f"iteration; load {common.load_average()}")
     sides = {"jaxvision": common.start("jaxvision", "benchmarks.gan:ours", dict(cfg=cfg))}
     if args.peer != "none":
         from benchmarks.vit import _thread_counts

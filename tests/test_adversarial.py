@@ -249,3 +249,62 @@ def test_update_scale_multiplies_the_updates_and_keeps_the_step_at_factor_one():
     frozen, _ = step(lambda s: 0.0)(plain, batch)  # factor 0: no weight moves, Adam's moments still advance
     assert tree_equal(frozen.params, plain.params)
     assert not np.allclose(frozen.opt_state["generator"][0].mu["w"], plain.opt_state["generator"][0].mu["w"])
+
+
+_CPU_REDUCTIONS_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax
+    import numpy as np
+    from jaxvision.tasks import gan
+    from jaxvision.train import parallel
+
+    G, D = gan.build_networks(gan.GANModelConfig(latent_dim=8, g_width=8, d_width=8, upsample="subpixel"),
+                              28, 1, None)
+    images = np.tanh(np.random.default_rng(0).normal(size=(16, 28, 28, 1))).astype(np.float32)
+    out = {}
+    for name in sys.argv[2].split(","):
+        reductions, form_name = name.split("/")
+        task = gan.make_task(G, D, gan.GANOptimConfig(), image_shape=(28, 28, 1), cpu_reductions=reductions)
+        form = parallel.make(form_name)
+        form.prepare(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+        state = form.init(task.init, jax.random.PRNGKey(0))
+        step, batch = form.compile_step(task.train_step, task.compiler_options), form.put_batch({"image": images})
+        for _ in range(3):
+            state, _ = step(state, batch)
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(form.host_state(state))):
+            out[f"{name}:{i}"] = np.asarray(leaf)
+    np.savez(sys.argv[1], **out)
+""")
+
+
+def test_ynnpack_cpu_reductions_compile_the_step_as_xlas_own_flag_does(tmp_path):
+    """cpu_reductions="ynnpack" reaches XLA through the step's own compiler options, in
+    both parallel forms: the same bits as the process-wide XLA flag it stands for, and the
+    same numbers as XLA's own reductions up to float32 summation order."""
+    def run(path, names, xla_flags=""):
+        env = {**os.environ, "XLA_FLAGS": xla_flags, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        proc = subprocess.run([sys.executable, "-c", _CPU_REDUCTIONS_SCRIPT, str(path), names], env=env,
+                              capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return dict(np.load(path))
+
+    ours = run(tmp_path / "ours.npz", "ynnpack/mesh,ynnpack/pmap,xla/mesh")
+    flag = run(tmp_path / "flag.npz", "xla/mesh,xla/pmap",
+               "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce")
+    leaves = sorted({k.split(":")[1] for k in flag}, key=int)
+    assert len(leaves) > 10 and {k.split(":")[1] for k in ours} == set(leaves)
+    for i in leaves:
+        for form in ("mesh", "pmap"):
+            np.testing.assert_array_equal(ours[f"ynnpack/{form}:{i}"], flag[f"xla/{form}:{i}"])
+        np.testing.assert_allclose(ours[f"ynnpack/mesh:{i}"], ours[f"xla/mesh:{i}"], rtol=2e-3, atol=2e-5)
+
+
+def test_an_unknown_cpu_reductions_setting_names_the_choices():
+    import pytest
+
+    from jaxvision import config as config_lib
+
+    G, D = gan.build_networks(gan.GANModelConfig(latent_dim=8, g_width=8, d_width=8), 28, 1, None)
+    with pytest.raises(config_lib.ConfigError, match=r"cpu_reductions 'mkl'.*\['xla', 'ynnpack'\]"):
+        gan.make_task(G, D, gan.GANOptimConfig(), image_shape=(28, 28, 1), cpu_reductions="mkl")
+    assert adversarial.compiler_options("xla") is None

@@ -60,9 +60,10 @@ def test_gan_benchmark_experiment_preset_is_the_experiments_default_network():
     from dcgan_fashion_mnist import get_config
 
     model = get_config("default").model
-    assert set(preset) == set(gan.PRESETS["fmnist"]) | {"upsample"}
+    assert set(preset) == set(gan.PRESETS["fmnist"]) | {"upsample", "cpu_reductions"}
     assert (preset["g_width"], preset["d_width"], preset["latent_dim"], preset["upsample"]) == (
         model.g_width, model.d_width, model.latent_dim, model.upsample)
+    assert preset["cpu_reductions"] == get_config("default").cpu_reductions == "ynnpack"
     assert preset["batch_size"] == get_config("default").global_batch_size and preset["image_size"] == 28
 
 

@@ -1,6 +1,7 @@
 """experiments/sweeps/dcgan_trials.py: a trial's record names exactly what differs from its
 preset, keeps one line per trial, and its table reads the record."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -45,6 +46,15 @@ def test_record_names_the_preset_and_only_the_recipe_overrides(tmp_path, trials)
     assert row["overrides"] == ["model.g_width=64", "total_steps=123"]  # bookkeeping and feature space left out
     assert row["fd_vit_space"] == "/c" and row["cpu"] == "Test CPU, 2 cores"
     assert row["fd_vit_ema_samples"] == 1.5 and "unrelated" not in row
+
+
+def test_a_run_from_before_a_config_field_existed_is_recorded_at_that_fields_old_default(tmp_path, trials):
+    run = _fake_run(tmp_path, trials, "default", {"total_steps": 100}, {"fd_vit_ema_samples": 3.0})
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["cpu_reductions"]  # config.json of a run from before the field: it trained with XLA's reductions
+    (run / "config.json").write_text(json.dumps(cfg))
+    row = trials.record("old", run)
+    assert row["preset"] == "default" and row["overrides"] == ["cpu_reductions=xla", "total_steps=100"]
 
 
 def test_a_trial_recorded_again_replaces_its_line_and_the_table_reads_it(tmp_path, trials):
@@ -124,7 +134,9 @@ def test_recorded_rows_rebuild_the_recipe_each_run_trained_with(trials):
 
     recipe = lambda c: (c.optim.g_learning_rate, c.optim.d_learning_rate, c.optim.ema_decay, c.total_steps)  # noqa: E731
     widths = lambda c: (c.model.g_width, c.model.d_width)  # noqa: E731
-    assert rebuild("default/w48/12500") == get_config("default")
+    # Every run recorded before the default preset took YNNPACK's CPU reductions trained with XLA's.
+    assert all(rebuild(name).cpu_reductions == "xla" for name in rows if "ynnpack" not in name)
+    assert rebuild("default/w48/12500") == dataclasses.replace(get_config("default"), cpu_reductions="xla")
     assert recipe(get_config("default")) == (8e-4, 8e-4, 0.9995, 12_500) and widths(get_config("default")) == (48, 48)
     assert recipe(rebuild("default/w32/24000/lr8e-4")) == (8e-4, 8e-4, 0.9995, 24_000)
     assert widths(rebuild("default/w32/24000/lr8e-4")) == (32, 32)

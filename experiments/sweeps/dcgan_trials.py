@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dcgan_fashion_mnist  # noqa: E402
 
 from jaxvision import config as config_lib  # noqa: E402
+from jaxvision.tasks import gan  # noqa: E402
 from jaxvision.train.workdir import host_cpu, read_results  # noqa: E402
 
 METRICS = ("steps", "wall_seconds", "train_images_per_second", "fd_vit_ema_samples", "fd_vit_real_test_floor",
@@ -58,8 +59,10 @@ def config_diff(run_config: dict) -> tuple[str, list[str]]:
     then the fewest overrides; what a run trains for says more about it than its network,
     and its network more than its optimizer (an unconditional run at the conditional
     preset's learning rates is the default preset's model, not "conditional=False"; a
-    non-saturating run at the WGAN-GP preset's width is the default's at another width)."""
-    run_cfg = _flat(run_config)
+    non-saturating run at the WGAN-GP preset's width is the default's at another width).
+    A field the run's config.json lacks (added later) counts at GANConfig's default, what
+    the run trained with."""
+    run_cfg = {**_flat(config_lib.to_dict(gan.GANConfig())), **_flat(run_config)}
     best = None
     for preset in dcgan_fashion_mnist.PRESETS:
         keys = _changed(preset, run_cfg)

@@ -82,6 +82,8 @@ class GANConfig(loop.LoopConfig):
     # and which D steps update too (what runs before this option sampled with).
     ema_batch_stats: str = "recompute"
     ema_stats_samples: int = 1024
+    # The train step's CPU reductions: "xla" or "ynnpack" (adversarial.CPU_REDUCTIONS).
+    cpu_reductions: str = "xla"
 
 
 def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_classes: int | None,
@@ -98,11 +100,14 @@ def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_clas
 
 
 def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, conditional: bool = False,
-              hooks=(), axis_name: str | None = None, total_steps: int | None = None) -> loop.Task:
+              hooks=(), axis_name: str | None = None, total_steps: int | None = None,
+              cpu_reductions: str = "xla") -> loop.Task:
     """DCGAN on the shared adversarial step. `axis_name`: set by the pmap form (G must be
     built with the same one, for its BatchNorm); gradients are then averaged over it.
-    `total_steps`: the run's length (for `cfg.lr_decay_steps`)."""
+    `total_steps`: the run's length (for `cfg.lr_decay_steps`). `cpu_reductions`: see
+    adversarial.CPU_REDUCTIONS."""
     g_tx, d_tx = adversarial.optimizers(cfg, total_steps)
+    options = adversarial.compiler_options(cpu_reductions)
     latent = generator.latent_dim
 
     def labels_of(batch):
@@ -145,7 +150,8 @@ def make_task(generator, discriminator, cfg: GANOptimConfig, *, image_shape, con
     train_step = adversarial.make_step(cfg, generate=generate, critic=critic, generator_inputs=generator_inputs,
                                        g_tx=g_tx, d_tx=d_tx, axis_name=axis_name)
     # The progress bar shows these (the loop's default looks for a "loss" GANs do not have).
-    return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks), progress_metrics=("d_loss", "g_loss"))
+    return loop.Task(init=init, train_step=train_step, hooks=tuple(hooks), progress_metrics=("d_loss", "g_loss"),
+                     compiler_options=options)
 
 
 def sample(generator, state, z, labels=None, *, ema: bool = True):
@@ -247,7 +253,7 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
 
     task = make_task(generator, discriminator, cfg.optim, image_shape=image_shape,
                      conditional=cfg.model.conditional, hooks=[samples_hook], axis_name=form.axis_name,
-                     total_steps=cfg.total_steps)
+                     total_steps=cfg.total_steps, cpu_reductions=cfg.cpu_reductions)
     read_batch = cfg.global_batch_size * cfg.optim.n_critic
 
     def train_data(start_step):

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import jax
 
@@ -69,6 +69,9 @@ class Task:
     # step -> images trained in steps 0..step, for img/s where the trained batch is not the
     # batch read (a progressive GAN trains the first rows at some levels). None: step x batch.
     images_seen: Callable[[int], int] | None = None
+    # XLA options the train step is compiled with (jax.jit's `compiler_options`, e.g. which
+    # CPU kernel library runs its reductions). None: XLA's defaults, and their bits.
+    compiler_options: Mapping[str, str] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -150,7 +153,7 @@ def train(
         writer = MetricWriter(workdir, enabled=primary, resume_step=start_step)
         if primary:
             workdir_lib.write_run_info(workdir, config, form, start_step)
-        step_fn = distributed.compile_together(form.compile_step(task.train_step), "train_step")
+        step_fn = distributed.compile_together(form.compile_step(task.train_step, task.compiler_options), "train_step")
         eval_fn = distributed.compile_together(form.compile_eval(task.eval_step), "eval_step") \
             if task.eval_step else None
         data = prefetch(train_data(start_step), form.put_batch, prefetch_batches)

@@ -105,9 +105,10 @@ class MeshParallel:
     def put_batch(self, local_batch: dict) -> dict:
         return global_batch(local_batch, self.mesh)
 
-    def compile_step(self, step_fn):
+    def compile_step(self, step_fn, compiler_options=None):
         return jax.jit(step_fn, in_shardings=(self.shardings, batch_sharding(self.mesh)),
-                       out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=0)
+                       out_shardings=(self.shardings, replicated(self.mesh)), donate_argnums=0,
+                       compiler_options=compiler_options or None)
 
     def compile_eval(self, eval_fn):
         return jax.jit(eval_fn, in_shardings=(self.shardings, batch_sharding(self.mesh)),
@@ -174,13 +175,24 @@ class PmapParallel:
         n = len(self.devices)
         return {k: np.asarray(v).reshape(n, -1, *np.shape(v)[1:]) for k, v in local_batch.items()}
 
-    def compile_step(self, step_fn):
+    def compile_step(self, step_fn, compiler_options=None):
         def step(state, batch):
             state, metrics = step_fn(state, batch)
             return state, jax.lax.pmean(metrics, AXIS_NAME)
 
         pstep = jax.pmap(step, axis_name=AXIS_NAME, devices=self.devices, donate_argnums=0)
-        return pstep
+        if not compiler_options:
+            return pstep
+        # jax.pmap takes no compiler options: compile its lowering with them on the first call.
+        compiled = None
+
+        def call(state, batch):
+            nonlocal compiled
+            if compiled is None:
+                compiled = pstep.lower(state, batch).compile(dict(compiler_options))
+            return compiled(state, batch)
+
+        return call
 
     def compile_eval(self, eval_fn):
         peval = jax.pmap(lambda s, b: jax.lax.psum(eval_fn(s, b), AXIS_NAME), axis_name=AXIS_NAME,
