@@ -137,6 +137,8 @@ def test_recorded_rows_rebuild_the_recipe_each_run_trained_with(trials):
     # Every run recorded before the default preset took YNNPACK's CPU reductions trained with XLA's.
     assert all(rebuild(name).cpu_reductions == "xla" for name in rows if "ynnpack" not in name)
     assert rebuild("default/w48/12500") == dataclasses.replace(get_config("default"), cpu_reductions="xla")
+    assert rebuild("default/w48/12500/ynnpack") == get_config("default")
+    assert get_config("default").cpu_reductions == "ynnpack"
     assert recipe(get_config("default")) == (8e-4, 8e-4, 0.9995, 12_500) and widths(get_config("default")) == (48, 48)
     assert recipe(rebuild("default/w32/24000/lr8e-4")) == (8e-4, 8e-4, 0.9995, 24_000)
     assert widths(rebuild("default/w32/24000/lr8e-4")) == (32, 32)
