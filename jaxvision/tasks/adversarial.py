@@ -63,7 +63,7 @@ class GANOptimConfig:
 # Where the train step's reductions (BatchNorm statistics, bias and weight-gradient sums) run
 # on the CPU. "xla": XLA's own emitted loops (its default; every run before this option).
 # "ynnpack": YNNPACK kernels as well, added to XLA's default library fusions (its dots): a
-# 1.15-1.2x faster DCGAN step on the 2-core CPUs here, with another summation order, so
+# 1.15-1.2x faster DCGAN step on the 2-core AMD EPYC here, with another summation order, so
 # other bits than "xla" (each deterministic). No effect off the CPU.
 CPU_REDUCTIONS = {
     "xla": None,
