@@ -299,7 +299,7 @@ def test_ynnpack_cpu_reductions_compile_the_step_as_xlas_own_flag_does(tmp_path)
         np.testing.assert_allclose(ours[f"ynnpack/mesh:{i}"], ours[f"xla/mesh:{i}"], rtol=2e-3, atol=2e-5)
 
 
-def test_an_unknown_cpu_reductions_setting_names_the_choices():
+def test_an_unknown_cpu_reductions_setting_names_the_choices(tmp_path, monkeypatch):
     import pytest
 
     from jaxvision import config as config_lib
@@ -308,3 +308,13 @@ def test_an_unknown_cpu_reductions_setting_names_the_choices():
     with pytest.raises(config_lib.ConfigError, match=r"cpu_reductions 'mkl'.*\['xla', 'ynnpack'\]"):
         gan.make_task(G, D, gan.GANOptimConfig(), image_shape=(28, 28, 1), cpu_reductions="mkl")
     assert adversarial.compiler_options("xla") is None
+    # The experiment fails on it before it reads data, trains a classifier or writes a run folder.
+    from jaxvision import data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("read the dataset before checking cpu_reductions")
+
+    monkeypatch.setattr(data, "dataset_info", no_data)
+    with pytest.raises(config_lib.ConfigError, match="cpu_reductions 'mkl'"):
+        gan.run(dataclasses.replace(gan.GANConfig(), cpu_reductions="mkl"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

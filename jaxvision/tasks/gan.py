@@ -213,6 +213,7 @@ def run(cfg: GANConfig, workdir, *, classifier_config=None) -> dict:
             f"fd.every={cfg.fd.every} is not a multiple of sample_every={cfg.sample_every}: FD-ViT runs where "
             "samples are drawn, so it would run only at the end; set fd.every to a multiple of sample_every "
             "(or 0: at the end only).")
+    adversarial.compiler_options(cfg.cpu_reductions)  # a bad setting fails before any work
     workdir = Path(workdir)
     needs = ("image", "label") if cfg.model.conditional else ("image",)
     info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir).require(*needs, purpose="The GAN")
