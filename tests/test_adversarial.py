@@ -318,3 +318,24 @@ def test_an_unknown_cpu_reductions_setting_names_the_choices(tmp_path, monkeypat
     with pytest.raises(config_lib.ConfigError, match="cpu_reductions 'mkl'"):
         gan.run(dataclasses.replace(gan.GANConfig(), cpu_reductions="mkl"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_pmap_step_with_compiler_options_compiles_once_per_batch_shape():
+    """The pmap form compiles a step with options from its lowering: a batch of another
+    shape gets its own program, as under jit, and each call gives plain pmap's result."""
+    from jaxvision.train import parallel
+
+    form = parallel.make("pmap")
+    options = adversarial.compiler_options("ynnpack")
+
+    def step_fn(state, batch):
+        return state + batch["x"].sum(), {"mean": batch["x"].mean()}
+
+    with_options, plain = form.compile_step(step_fn, options), form.compile_step(step_fn)
+    state = form.init(lambda rng: jnp.float32(1.0), jax.random.PRNGKey(0))
+    for rows in (4, 6, 4):
+        batch = form.put_batch({"x": np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)})
+        want = plain(jax.tree_util.tree_map(jnp.copy, state), batch)  # both donate their state
+        got = with_options(state, batch)
+        assert tree_equal(got, want)
+        state = got[0]

@@ -183,14 +183,16 @@ class PmapParallel:
         pstep = jax.pmap(step, axis_name=AXIS_NAME, devices=self.devices, donate_argnums=0)
         if not compiler_options:
             return pstep
-        # jax.pmap takes no compiler options: compile its lowering with them on the first call.
-        compiled = None
+        # jax.pmap takes no compiler options: compile its lowering with them, once per input
+        # signature, as jit's own cache would (a batch of another shape gets its own program).
+        compiled = {}
 
         def call(state, batch):
-            nonlocal compiled
-            if compiled is None:
-                compiled = pstep.lower(state, batch).compile(dict(compiler_options))
-            return compiled(state, batch)
+            leaves, treedef = jax.tree_util.tree_flatten((state, batch))
+            key = (treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
+            if key not in compiled:
+                compiled[key] = pstep.lower(state, batch).compile(dict(compiler_options))
+            return compiled[key](state, batch)
 
         return call
 
