@@ -65,9 +65,10 @@ classifier: the main job's full run, 91.21%; FID of 10k EMA samples at the end o
         the CPU): 1,363 s, FID 30.7, FD-ViT 0.29 (floor 0.025), precision 0.840, recall 0.571,
         conditional accuracy 91.25% (the issue asks >= 90%).
     --preset long (width 64, spectral norm in D, YNNPACK's reductions, 50,000 steps; 2-core AMD
-        EPYC, alone): 5,309 s (88 min) of steps, 89.5 min with the FD-ViT evaluations, whole command 117 min; FID 16.40 (the issue
-        asks < 15; FID's own time 27 min), FD-ViT 2.79 / 1.66 / 1.30 / 1.23 / 1.14 at steps
-        10,000-50,000, precision 0.791, recall 0.834, coverage 0.744, classes 8.0-11.5%.
+        EPYC, alone): 5,309 s (88 min) of steps, 89.5 min with the FD-ViT evaluations, whole
+        command 117 min; FID 16.40 (the issue asks < 15; FID's own time 27 min), FD-ViT 2.79 /
+        1.66 / 1.30 / 1.23 / 1.14 at steps 10,000-50,000, precision 0.791, recall 0.834,
+        coverage 0.744, classes 8.0-11.5%.
     The long preset before, without spectral norm, XLA's reductions, 55,000 steps
     (--config.model.spectral_norm=false --config.cpu_reductions=xla --config.total_steps=55000;
         the test suite shared the CPU for its first ~35 min): 7,721 s of training, FID 16.8,
@@ -155,7 +156,8 @@ def get_config(preset: str = "default") -> gan.GANConfig:
         # img/s), FID 16.40 and FD-ViT 1.14, against 16.75 and 1.45 without spectral norm in
         # 55,000 steps (XLA's reductions). FD-ViT every 10,000 steps to follow the run.
         model = dataclasses.replace(config.model, g_width=64, d_width=64, spectral_norm=True)
-        config = dataclasses.replace(config, model=model, optim=paper_optim, fd=dataclasses.replace(config.fd, every=10_000),
+        config = dataclasses.replace(config, model=model, optim=paper_optim,
+                                     fd=dataclasses.replace(config.fd, every=10_000),
                                      total_steps=50_000, sample_every=5000, cpu_reductions="ynnpack")
     return config
 
