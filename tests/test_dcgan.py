@@ -222,3 +222,41 @@ def test_generator_upsample_options(method):
     assert set(variables["params"]) == {"project", "project_bn", "up0", "up0_bn", "to_image"}
     with pytest.raises(ValueError, match="upsample must be one of"):
         Generator(image_size=28, latent_dim=LATENT, width=WIDTH, upsample="bilinear").init(key(), z, train=False)
+
+
+@pytest.mark.parametrize("method,size,channels", [("subpixel", 28, 1), ("transpose", 64, 3)])
+def test_generator_output_conv(method, size, channels):
+    """SN-GAN's ending: one more 2x layer (channels halved, BN, ReLU), then a 3x3 conv at full
+    resolution and tanh, checked against NumPy from the captured BatchNorm output."""
+    from jaxvision.models.dcgan import _num_upsamplings
+    from jaxvision.tasks import gan
+
+    n = _num_upsamplings(size)
+    G = Generator(image_size=size, channels=channels, latent_dim=LATENT, width=WIDTH, upsample=method,
+                  output_conv=True)
+    z = normal(3, (B, LATENT))
+    variables = G.init(key(), z, train=False)
+    params = variables["params"]
+    ups = {f"up{i}" for i in range(n)} | {f"up{i}_bn" for i in range(n)}
+    assert set(params) == {"project", "project_bn", "to_image"} | ups
+    last = WIDTH * 2 ** (n - 1) // 2 ** n  # the project layer's channels, halved n times
+    assert params["to_image"]["kernel"].shape == (3, 3, last, channels)
+    assert gan.image_channels(params, gan.GANModelConfig(upsample=method, g_output_conv=True)) == channels
+
+    images, state = G.apply(variables, z, train=False, capture_intermediates=True, mutable=["intermediates"])
+    assert images.shape == (B, size, size, channels)
+    h = np.maximum(np.asarray(state["intermediates"][f"up{n - 1}_bn"]["__call__"][0], np.float64), 0.0)
+    assert h.shape == (B, size, size, last)
+    k = np.asarray(params["to_image"]["kernel"], np.float64)
+    pad = np.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    conv = sum(np.einsum("bhwc,cd->bhwd", pad[:, i:i + size, j:j + size], k[i, j]) for i in range(3) for j in range(3))
+    np.testing.assert_allclose(images, np.tanh(conv + np.asarray(params["to_image"]["bias"])), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["transpose", "resize_conv", "subpixel"])
+def test_image_channels_of_each_output_layer(method):
+    from jaxvision.tasks import gan
+
+    G = Generator(image_size=28, channels=3, latent_dim=LATENT, width=WIDTH, upsample=method)
+    params = jax.eval_shape(lambda: G.init(key(), jnp.zeros((B, LATENT)), train=False))["params"]
+    assert gan.image_channels(params, gan.GANModelConfig(upsample=method)) == 3

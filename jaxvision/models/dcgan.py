@@ -128,7 +128,9 @@ class Generator(nn.Module):
     as in the paper). n = 2 for 28 px (7->14->28), 3 for 32 px, 4 for 64 px; with
     width=64 the 64 px net is exactly the paper's 4x4x512 -> 8x8x256 -> ... -> 64x64x3.
     A 4x4 kernel with stride 2 (kernel divisible by stride) avoids the uneven overlap
-    that makes checkerboard artefacts.
+    that makes checkerboard artefacts. ``output_conv=True``: n such blocks, the last one
+    reaching full resolution with width / 2 channels, then a 3x3 conv to ``channels`` with
+    tanh (SN-GAN's standard CNN generator).
 
     Conditional (num_classes set): a learned embedding of the label, of size latent_dim,
     is concatenated to z. A learned embedding rather than a one-hot keeps the label
@@ -151,6 +153,11 @@ class Generator(nn.Module):
     # How each layer doubles the resolution: "transpose" (the paper's), "resize_conv" or
     # "subpixel" (see `Upsample2x`).
     upsample: str = "transpose"
+    # SN-GAN's "standard CNN" ending (Miyato et al. 2018, appendix): the last 2x layer keeps
+    # channels (halved once more, + BN + ReLU) and a 3x3 convolution at full resolution makes
+    # the image, so every output pixel is computed from a neighbourhood at its own resolution
+    # instead of the last upsampling writing it straight from the half-resolution features.
+    output_conv: bool = False
 
     @nn.compact
     def __call__(self, z, labels=None, *, train: bool):
@@ -179,11 +186,15 @@ class Generator(nn.Module):
                      dtype=self.dtype, name="project")(x)
         x = x.reshape(x.shape[0], base, base, ch)
         x = nn.relu(bn("project_bn")(x))
-        for i in range(n - 1):
+        for i in range(n if self.output_conv else n - 1):
             ch //= 2
             x = self._up(ch, False, f"up{i}")(x)
             x = nn.relu(bn(f"up{i}_bn")(x))
-        x = self._up(self.channels, True, "to_image")(x)
+        if self.output_conv:
+            x = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=_dcgan_init, dtype=self.dtype,
+                        name="to_image")(x)
+        else:
+            x = self._up(self.channels, True, "to_image")(x)
         return jnp.tanh(x)
 
     def _up(self, features: int, use_bias: bool, name: str):

@@ -35,6 +35,7 @@ class GANModelConfig:
     spectral_norm: bool = False
     image_size: int | None = None  # None: the dataset's own size (28, 32 or 64)
     upsample: str = "transpose"  # G's 2x layers: "transpose", "resize_conv" or "subpixel"
+    g_output_conv: bool = False  # G ends in a 3x3 conv at full resolution (models.dcgan.Generator.output_conv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,8 @@ def build_networks(cfg: GANModelConfig, image_size: int, channels: int, num_clas
     classes = num_classes if cfg.conditional else None
     return (
         Generator(image_size=image_size, channels=channels, latent_dim=cfg.latent_dim, width=cfg.g_width,
-                  num_classes=classes, axis_name=axis_name, upsample=cfg.upsample),
+                  num_classes=classes, axis_name=axis_name, upsample=cfg.upsample,
+                  output_conv=cfg.g_output_conv),
         Discriminator(image_size=image_size, channels=channels, width=cfg.d_width, num_classes=classes,
                       spectral_norm=cfg.spectral_norm),
     )
@@ -353,15 +355,21 @@ def load_generator(workdir):
     cfg = config_lib.from_dict(GANConfig, raw)
     ema = load_params(workdir, collection="extra")["ema"]
     batch_stats = load_params(workdir, collection="model_state")[G]
-    # The output layer's kernel gives the image channels (a sub-pixel layer makes 4x as many).
-    to_image = ema["to_image"] if cfg.model.upsample == "transpose" else ema["to_image"]["conv"]
-    channels = to_image["kernel"].shape[-1] // (4 if cfg.model.upsample == "subpixel" else 1)
+    channels = image_channels(ema, cfg.model)
     num_classes = ema["label_embed"]["embedding"].shape[0] if "label_embed" in ema else None
     generator, _ = build_networks(cfg.model, cfg.model.image_size, channels, num_classes)
     state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={}, rng=jnp.zeros(2, jnp.uint32),
                                  model_state={G: batch_stats}, extra={"ema": ema})
     state = ema_sampling_state(generator, cfg, num_classes)(state)
     return jax.jit(lambda st, z, y: sample(generator, st, z, y)), state, cfg, num_classes
+
+
+def image_channels(g_params, cfg: GANModelConfig) -> int:
+    """The image channels of a generator, from its output layer's kernel (a sub-pixel layer
+    makes 4x as many; a transposed or a full-resolution output conv, as many)."""
+    if cfg.g_output_conv or cfg.upsample == "transpose":
+        return g_params["to_image"]["kernel"].shape[-1]
+    return g_params["to_image"]["conv"]["kernel"].shape[-1] // (4 if cfg.upsample == "subpixel" else 1)
 
 
 def _checkpoint_source(rest: str, ctx) -> "FeatureSet":  # noqa: F821 - jaxvision.metrics.fid.FeatureSet
