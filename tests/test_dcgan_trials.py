@@ -147,9 +147,11 @@ def test_recorded_rows_rebuild_the_recipe_each_run_trained_with(trials):
     assert recipe(rebuild("default/w32/21000")) == (2e-4, 2e-4, 0.999, 21_000)
     assert recipe(rebuild("subpixel/w32/9000")) == (2e-4, 2e-4, 0.999, 9000)
     assert recipe(rebuild("screen8k/lr8e-4")) == (8e-4, 8e-4, 0.999, 8000)
-    assert rebuild("long/w64/50000/sn/ynnpack") == get_config("long") and recipe(get_config("long"))[:3] == (2e-4, 2e-4, 0.999)
-    long_before = get_config("long")
-    long_before = dataclasses.replace(long_before, model=dataclasses.replace(long_before.model, spectral_norm=False),
+    long = get_config("long")
+    assert rebuild("long/w64/40000/sn/outconv/ynnpack") == long and recipe(long)[:3] == (2e-4, 2e-4, 0.999)
+    long_sn = dataclasses.replace(long, model=dataclasses.replace(long.model, g_output_conv=False), total_steps=50_000)
+    assert rebuild("long/w64/50000/sn/ynnpack") == long_sn
+    long_before = dataclasses.replace(long_sn, model=dataclasses.replace(long_sn.model, spectral_norm=False),
                                       cpu_reductions="xla", total_steps=55_000)
     assert rebuild("long/w64/55000") == long_before
 
