@@ -70,10 +70,10 @@ classifier: the main job's full run, 91.21%; FID of 10k EMA samples at the end o
         sharing the CPU for 19 of them), FD-ViT 2.01 / 1.28 / 0.98 / 0.86 at steps 10,000-40,000,
         precision 0.803, recall 0.821, coverage 0.782, classes 7.2-11.4%.
     The long preset before, without the output conv, 50,000 steps
-        (--config.model.g_output_conv=false --config.total_steps=50000; alone): 5,309 s (88 min) of steps, 89.5 min with the FD-ViT evaluations, whole
-        command 117 min; FID 16.40 (the issue asks < 15; FID's own time 27 min), FD-ViT 2.79 /
-        1.66 / 1.30 / 1.23 / 1.14 at steps 10,000-50,000, precision 0.791, recall 0.834,
-        coverage 0.744, classes 8.0-11.5%.
+        (--config.model.g_output_conv=false --config.total_steps=50000; alone): 5,309 s (88 min)
+        of steps, 89.5 min with the FD-ViT evaluations, whole command 117 min; FID 16.40 (FID's
+        own time 27 min), FD-ViT 2.79 / 1.66 / 1.30 / 1.23 / 1.14 at steps 10,000-50,000,
+        precision 0.791, recall 0.834, coverage 0.744, classes 8.0-11.5%.
     The long preset before, without spectral norm, XLA's reductions, 55,000 steps
     (--config.model.spectral_norm=false --config.cpu_reductions=xla --config.total_steps=55000;
         the test suite shared the CPU for its first ~35 min): 7,721 s of training, FID 16.8,
