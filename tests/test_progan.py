@@ -17,7 +17,7 @@ from helpers import tree_equal
 from jaxvision import config as config_lib
 from jaxvision import data
 from jaxvision.models import progan as pg
-from jaxvision.tasks import progan
+from jaxvision.tasks import adversarial, progan
 from jaxvision.train import Checkpointer, loop
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
@@ -233,6 +233,18 @@ def test_colour_preset_on_a_local_dataset_grows_and_resumes_mid_fade_bit_for_bit
             progan.run(_tiny("celeb_a", faces_dir, **change), tmp_path / "straight")
 
 
+def test_cpu_reductions_reach_the_steps_compiler_options():
+    """The loop compiles the step with the Task's options (tests/test_adversarial.py checks
+    that path against XLA's own flag); ProGAN must hand its setting to the Task."""
+    G, D = progan.build_networks(progan.ProGANModelConfig(resolution=8, fmap_base=16, fmap_max=8), 1)
+    phases = progan.make_phases(progan.ScheduleConfig(fade_images=8, stable_images=8), 8, 4)
+    for setting in ("xla", "ynnpack"):
+        task = progan.make_task(G, D, progan.ProGANConfig().optim, phases, image_shape=(8, 8, 1),
+                                cpu_reductions=setting)
+        assert task.compiler_options == adversarial.CPU_REDUCTIONS[setting]
+    assert progan.ProGANConfig().cpu_reductions == "xla"  # every recorded run's
+
+
 def _abstract(cfg):
     G, D = progan.build_networks(cfg.model, 3)
     task = progan.make_task(G, D, cfg.optim, progan.make_phases(cfg.schedule, 8, 8), image_shape=(8, 8, 3))
@@ -247,4 +259,6 @@ def test_bad_input_is_refused_before_any_step(faces_dir, tmp_path):
         progan.run(_tiny("cifar10", faces_dir, fade_images=1000, max_epochs_per_phase=1.0), tmp_path)
     with pytest.raises(config_lib.ConfigError, match="at most 128"):  # cifar10 preset: 2 epochs per phase
         progan.run(_tiny("cifar10", faces_dir, stable_images=200), tmp_path)
+    with pytest.raises(config_lib.ConfigError, match=r"cpu_reductions 'mkl'.*\['xla', 'ynnpack'\]"):
+        progan.run(dataclasses.replace(cfg, cpu_reductions="mkl"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()

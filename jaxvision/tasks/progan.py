@@ -110,10 +110,13 @@ def linear_decay(total_steps: int, decay_steps: int):
 
 def make_task(generator: pg.Generator, discriminator: pg.Discriminator, optim: adversarial.GANOptimConfig,
               phases: Sequence[Phase], *, image_shape, drift_weight: float = 0.001, reset_optimizer: bool = True,
-              hooks=(), axis_name: str | None = None, local_fraction: int = 1) -> loop.Task:
+              hooks=(), axis_name: str | None = None, local_fraction: int = 1,
+              cpu_reductions: str = "xla") -> loop.Task:
     """The ProGAN task. `image_shape`: the data's (h, w, c), padded to G's resolution in
     the step. `local_fraction`: devices the global batch is split over under pmap (the
-    per-level slices are taken of each device's rows)."""
+    per-level slices are taken of each device's rows). `cpu_reductions`: see
+    `adversarial.CPU_REDUCTIONS`."""
+    options = adversarial.compiler_options(cpu_reductions)
     _count_compiles()
     # optim.lr_decay_steps counts the run's steps here: Adam restarts at each phase, so the
     # decay scales the updates by the global step instead of riding on Adam's own count.
@@ -179,7 +182,8 @@ def make_task(generator: pg.Generator, discriminator: pg.Discriminator, optim: a
         return state, {**metrics, "alpha": alpha, "level": level.astype(jnp.float32)}
 
     return loop.Task(init=init, train_step=progan_train_step, hooks=tuple(hooks),
-                     progress_metrics=("d_loss", "g_loss", "alpha"), images_seen=lambda step: images_seen(phases, step))
+                     progress_metrics=("d_loss", "g_loss", "alpha"), images_seen=lambda step: images_seen(phases, step),
+                     compiler_options=options)
 
 
 def sample(generator: pg.Generator, state, z, level: int, alpha=1.0, *, ema: bool = True):
@@ -223,6 +227,9 @@ class ProGANConfig(loop.LoopConfig):
     evaluation: ProGANEvalConfig = ProGANEvalConfig()
     global_batch_size: int = 64  # the batch of every level unless schedule.batch_sizes says otherwise
     total_steps: int = 0
+    # The train step's CPU reductions, "xla" or "ynnpack" (adversarial.CPU_REDUCTIONS): other
+    # bits, the same numbers up to float32 summation order; no effect off the CPU.
+    cpu_reductions: str = "xla"
 
 
 def build_networks(model: ProGANModelConfig, channels: int):
@@ -271,6 +278,7 @@ def run(cfg: ProGANConfig, workdir) -> dict:
     workdir = Path(workdir)
     res = cfg.model.resolution
     pg.num_levels(res)  # a resolution that is not a power of two: refused before any data is read
+    adversarial.compiler_options(cfg.cpu_reductions)  # so is an unknown cpu_reductions
     info = data.dataset_info(cfg.data.dataset, cfg.data.data_dir).require("image", purpose="The progressive GAN")
     h, w, c = info.image_shape
     image_size = None if (h <= res and w <= res) else res
@@ -318,7 +326,7 @@ def run(cfg: ProGANConfig, workdir) -> dict:
     global _last_task
     task_args = dict(image_shape=(h, w, c) if image_size is None else (res, res, c), drift_weight=cfg.drift_weight,
                      reset_optimizer=cfg.schedule.reset_optimizer, axis_name=form.axis_name,
-                     local_fraction=jax.device_count() if form.axis_name else 1)
+                     local_fraction=jax.device_count() if form.axis_name else 1, cpu_reductions=cfg.cpu_reductions)
     key = (cfg.model, c, cfg.optim, tuple(phases), tuple(sorted(task_args.items())))
     if _last_task is None or _last_task[0] != key:
         _last_task = (key, make_task(generator, discriminator, cfg.optim, phases, **task_args))
