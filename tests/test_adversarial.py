@@ -251,6 +251,51 @@ def test_update_scale_multiplies_the_updates_and_keeps_the_step_at_factor_one():
     assert not np.allclose(frozen.opt_state["generator"][0].mu["w"], plain.opt_state["generator"][0].mu["w"])
 
 
+def test_lazy_regularization_adds_the_penalties_times_the_interval_at_every_interval_th_step():
+    """d_reg_interval=k (StyleGAN2's lazy regularization): at steps that are multiples of k, D's
+    gradient is that of the loss with k times each penalty; at the others, that of the loss
+    without penalties. Plain SGD (lr 1), so D's update is minus its gradient."""
+    import pytest
+
+    from jaxvision import config as config_lib
+
+    def generate(p, s, z, train):
+        return z * p["w"], s
+
+    def critic(p, s, images, batch, train):
+        return jnp.tanh(images * p["v"]) @ p["u"], s
+
+    rng = np.random.default_rng(0)
+    g_vars = {"params": {"w": jnp.asarray(rng.normal(size=4), jnp.float32)}}
+    d_vars = {"params": {k: jnp.asarray(rng.normal(size=4), jnp.float32) for k in ("u", "v")}}
+    batch = {"image": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}
+    sgd = optax.sgd(1.0)
+    state0 = adversarial.init_state(g_vars, d_vars, g_tx=sgd, d_tx=sgd, rng=jax.random.PRNGKey(0))
+
+    def d_after(state, **cfg):
+        cfg = adversarial.GANOptimConfig(loss="wgan", **cfg)
+        step = jax.jit(adversarial.make_step(cfg, generate=generate, critic=critic, g_tx=sgd, d_tx=sgd,
+                                             generator_inputs=lambda b, r: jax.random.normal(r, b["image"].shape)))
+        return step(state, batch)[0].params["discriminator"]
+
+    for penalty in ({"gp_weight": 10.0}, {"r1_gamma": 2.0}):
+        name, weight = next(iter(penalty.items()))
+        for step in (0, 1, 3, 8):
+            state = state0.replace(step=jnp.asarray(step, jnp.int32))
+            lazy = d_after(state, d_reg_interval=4, **penalty)
+            want = d_after(state, **{name: 4 * weight if step % 4 == 0 else 0.0})
+            assert jax.tree_util.tree_structure(lazy) == jax.tree_util.tree_structure(want)
+            for key in want:
+                np.testing.assert_allclose(lazy[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{name} {step} {key}")
+        # The penalty moves D at all (else the check above could not fail).
+        assert not np.allclose(d_after(state0, d_reg_interval=4, **penalty)["v"],
+                               d_after(state0)["v"], atol=1e-3)
+
+    for bad in ({"d_reg_interval": 0, "gp_weight": 10.0}, {"d_reg_interval": 4}):
+        with pytest.raises(config_lib.ConfigError, match="d_reg_interval"):
+            adversarial.optimizers(adversarial.GANOptimConfig(loss="wgan", **bad))
+
+
 _CPU_REDUCTIONS_SCRIPT = textwrap.dedent("""
     import sys
     import jax

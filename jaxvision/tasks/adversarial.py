@@ -54,6 +54,10 @@ class GANOptimConfig:
     n_critic: int = 1  # D steps per G step; each on its own slice of the batch
     gp_weight: float = 0.0  # WGAN-GP gradient penalty weight (10 in Gulrajani et al.)
     r1_gamma: float = 0.0  # R1 penalty: gamma/2 * E||grad D(x)||^2 on real data
+    # Lazy regularization (Karras et al. 2020, StyleGAN2's D_reg_interval): the penalties
+    # above only at steps that are multiples of d_reg_interval, weighted by it; the other
+    # steps skip their cost (WGAN-GP's double backprop). 1: at every step, as the papers.
+    d_reg_interval: int = 1
     ema_decay: float = 0.999
     # Both learning rates decay linearly to 0 over the run's last lr_decay_steps steps
     # (CycleGAN's n_epochs_decay, counted in steps); 0 keeps them constant.
@@ -85,6 +89,9 @@ def _check(cfg: GANOptimConfig):
         raise config_lib.ConfigError(f"Unknown GAN loss {cfg.loss!r}; choose one of {sorted(GAN_LOSSES)}.")
     if cfg.n_critic < 1:
         raise config_lib.ConfigError(f"n_critic must be >= 1 (D steps per G step), got {cfg.n_critic}.")
+    if cfg.d_reg_interval < 1 or (cfg.d_reg_interval > 1 and not (cfg.gp_weight or cfg.r1_gamma)):
+        raise config_lib.ConfigError(f"d_reg_interval must be >= 1 (1: penalties at every step), and above 1 only with "
+                                     f"a penalty to space out (gp_weight or r1_gamma); got {cfg.d_reg_interval}.")
     if cfg.lr_decay_steps < 0:
         raise config_lib.ConfigError(f"lr_decay_steps must be >= 0 (0: constant learning rates), got "
                                      f"{cfg.lr_decay_steps}.")
@@ -190,10 +197,20 @@ def make_step(cfg: GANOptimConfig, *, generate: Callable, critic: Callable, gene
             fake_logits, d_stats = critic(d_params, d_stats, fake, batch, True)
             loss = _over_leaves(d_loss_fn, real_logits, fake_logits)
             frozen_critic = lambda x: critic(d_params, d_stats, x, batch, False)[0]  # noqa: E731
-            if cfg.gp_weight:
-                loss = loss + cfg.gp_weight * gradient_penalty(frozen_critic, x_real, fake, gp_rng, axis_name)
-            if cfg.r1_gamma:
-                loss = loss + 0.5 * cfg.r1_gamma * r1_penalty(frozen_critic, x_real)
+
+            def penalized(loss):
+                if cfg.gp_weight:
+                    loss = loss + cfg.gp_weight * gradient_penalty(frozen_critic, x_real, fake, gp_rng, axis_name)
+                if cfg.r1_gamma:
+                    loss = loss + 0.5 * cfg.r1_gamma * r1_penalty(frozen_critic, x_real)
+                return loss
+
+            if cfg.d_reg_interval == 1:
+                loss = penalized(loss)
+            else:  # only the taken branch runs, forward and backward
+                k = cfg.d_reg_interval
+                loss = loss + jax.lax.cond(state.step % k == 0, lambda: k * penalized(jnp.zeros_like(loss)),
+                                           lambda: jnp.zeros_like(loss))
             parts = {}
             for name, fn in extra_d_losses.items():
                 parts[f"d_{name}"] = fn(real_logits, fake_logits, batch)
