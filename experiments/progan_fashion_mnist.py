@@ -77,12 +77,16 @@ total_kimg does: 699k images there, 2.2M in all; G's EMA decay 0.9995, an averag
 10,000 training images, the issue's protocol), 2-core Intel Xeon VM, 2026-12-04/05: 116 min of
 training (alone), FID 22.6 min beside it (about 139 min for the whole command): FID **14.63**
 (target < 15; below the DCGAN long preset of then, 16.8 after 129 min, not the one of now, 13.53
-after 112 min on the 2-core AMD EPYC; below every model of Lucic et al. 2018, best 21.5). The EMA decay was changed at step 50,000 of the recorded run
+after 112 min on the 2-core AMD EPYC; below every model of Lucic et al. 2018, best 21.5). The
+EMA decay was changed at step 50,000 of the recorded run
 (resumed; G's and D's weights are the uninterrupted command's, the EMA's 3% share from before
 that step was averaged at 0.999: docs/progan.md). The same steps with EMA 0.999: 15.07; shorter
 last phases (EMA 0.999): to step 50,000 (1.98M images, 95 min of training) 15.21, the
 schedule's end (42,973 steps, 1.75M images) 15.96; the 57,000 steps with both learning rates
 decayed linearly to 0 over the last 7,000 (--config.optim.lr_decay_steps=7000): 15.66.
+With lazy WGAN-GP (--config.optim.d_reg_interval=4, the penalty at every 4th step; 2-core AMD
+EPYC) the 32-px step ran 1.36x faster, but D broke down 2,300 steps into the 32-px stabilise
+phase (step ~37,500; docs/progan.md): not the preset.
 
 Override any field: --config.schedule.fade_images=60000 --config.evaluation.phase_fid_samples=0
 """
