@@ -102,7 +102,7 @@ def test_fade_in_at_alpha_0_and_1_is_the_lower_and_higher_network_exactly(nets):
     np.testing.assert_allclose(g(gp, z, 0.25), 0.75 * g(gp, z, 0.0) + 0.25 * g(gp, z, 1.0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset, run", [("small", "lr1e-2"), ("long", "long_57000_ema9995")])
+@pytest.mark.parametrize("preset, run", [("small", "lr1e-2"), ("long", "long_amd_57500")])
 def test_presets_are_the_measured_runs(preset, run):
     """The FIDs the docs quote for --preset small and long are the recorded runs': each preset
     must stay its run's preset plus overrides (re-measure before changing either)."""
@@ -207,24 +207,28 @@ def _tiny(preset, faces_dir, **schedule):
         global_batch_size=8, progress=False, log_every=2, checkpoint_every=100)  # saves at the last step only
 
 
-def test_colour_preset_on_a_local_dataset_grows_and_resumes_mid_fade_bit_for_bit(faces_dir, tmp_path):
+def test_colour_preset_on_a_local_dataset_grows_resumes_mid_fade_and_runs_on_bit_for_bit(faces_dir, tmp_path):
     cfg = _tiny("celeb_a", faces_dir)  # 4x4: steps 0-1; fade to 8x8: 2-9 (batch 4); stabilise: 10-13
     assert cfg.data.augment == "resize_crop"  # the preset's crop of non-square photos
+    longer = dataclasses.replace(cfg, total_steps=17)  # the last phase run on (as --preset long does)
     before = progan.compile_stats["count"]
-    straight = progan.run(cfg, tmp_path / "straight")
-    assert straight["steps"] == 14 and straight["compile_count"] >= 1 and straight["compile_seconds"] > 0
+    progan.run(dataclasses.replace(cfg, total_steps=5), tmp_path / "stopped")  # stopped at alpha 3/8
+    resumed = progan.run(cfg, tmp_path / "stopped")  # on to the schedule's end, evaluated there
+    assert resumed["resumed_from_step"] == 5 and progan.compile_stats["count"] - before == 1  # one step, compiled once
+    assert progan.run(longer, tmp_path / "stopped")["resumed_from_step"] == 14  # a finished run, run on
+    straight = progan.run(longer, tmp_path / "straight")
+    assert progan.compile_stats["count"] - before == 2  # once more for the longer last phase, reused straight
+    assert straight["steps"] == 17 and straight["compile_count"] >= 1 and straight["compile_seconds"] > 0
     grids = sorted(p.name for p in (tmp_path / "straight" / "samples").iterdir())
     assert grids == ["phase00_4px_stable_step0000002.png", "phase01_8px_fade_step0000010.png",
-                     "phase02_8px_stable_step0000014.png"]
-    progan.run(dataclasses.replace(cfg, total_steps=5), tmp_path / "stopped")  # stopped at alpha 3/8
-    resumed = progan.run(cfg, tmp_path / "stopped")
-    assert resumed["resumed_from_step"] == 5 and progan.compile_stats["count"] - before == 1  # one step, compiled once
+                     "phase02_8px_stable_step0000017.png"]
     restored = []
     for run in ("straight", "stopped"):
         c = Checkpointer(tmp_path / run / "checkpoints", save_every=1)
         restored.append(c.restore(_abstract(cfg))[0])
         c.close()
     assert tree_equal(*restored)  # both networks, both optimisers (reset at steps 2 and 10), EMA, step, rng
+    assert int(restored[0].step) == 17
     logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     # alpha = (step - 2) / 8 in the fade: the record at 4 covers steps 2 and 3 (0-based)
     assert [r["train/alpha"] for r in logged if r["step"] == 4] == [pytest.approx(0.0625)]
@@ -242,7 +246,7 @@ def test_cpu_reductions_reach_the_steps_compiler_options():
         task = progan.make_task(G, D, progan.ProGANConfig().optim, phases, image_shape=(8, 8, 1),
                                 cpu_reductions=setting)
         assert task.compiler_options == adversarial.CPU_REDUCTIONS[setting]
-    assert progan.ProGANConfig().cpu_reductions == "xla"  # every recorded run's
+    assert progan.ProGANConfig().cpu_reductions == "xla"  # the default (XLA's own; the Intel runs')
 
 
 def _abstract(cfg):
