@@ -79,7 +79,8 @@ long preset; FID of 10,000 EMA samples against 10,000 training images, the issue
 (about 138 min for the whole command): FID **13.09** (13.66 at step 52,000 of the same run,
 95 min). Target < 15: met; below the DCGAN long preset at the same training time on the same
 CPU (13.53 after 112 min): met, by 0.45 in single runs, less than the difference between two
-runs of this recipe with other bits (docs/progan.md). Below every model of Lucic et al. 2018 (best 21.5).
+runs of this recipe with other bits (docs/progan.md); another 10,000 samples of the same
+weights: 13.01. Below every model of Lucic et al. 2018 (best 21.5).
 The run stopped (SIGTERM) at step 49,005 and resumed, ended at 52,000 and was run on to 57,500
 from that checkpoint: the uninterrupted command's weights (tests/test_progan.py).
 The preset before (the same recipe to step 57,000 with XLA's reductions, 2-core Intel Xeon,
